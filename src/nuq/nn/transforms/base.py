@@ -1,0 +1,36 @@
+"""Weight transforms: differentiable maps applied to a layer's float weight before its
+weight quantizer (APoT weight normalization, N2UQ entropy-preserving scaling, ...).
+
+A transform is an ``nn.Module`` taking the weight tensor [out, in, ...] and returning a
+tensor of the same shape. Register one with ``@register_transform("name")`` in its own
+file of this package; ``make_transform(name, **kwargs)`` builds it by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+_TRANSFORMS: dict[str, type[nn.Module]] = {}
+
+
+def register_transform(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    def deco(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _TRANSFORMS and _TRANSFORMS[name] is not cls:
+            raise ValueError(f"weight transform {name!r} is already registered")
+        _TRANSFORMS[name] = cls
+        return cls
+
+    return deco
+
+
+def available_transforms() -> list[str]:
+    return sorted(_TRANSFORMS)
+
+
+def make_transform(name: str, **kwargs: Any) -> nn.Module:
+    if name not in _TRANSFORMS:
+        raise ValueError(f"unknown weight transform {name!r}; registered: {', '.join(available_transforms()) or 'none'}")
+    return _TRANSFORMS[name](**kwargs)

@@ -1,0 +1,82 @@
+"""Properties every registered quantizer must have, checked over the whole registry."""
+
+import pytest
+import torch
+
+import nuq
+
+METHODS = nuq.available_quantizers()
+SAMPLE = torch.randn(4, 8, 6, 6) * 1.5
+
+
+def make(name, bits, signed, **kw):
+    q = nuq.make_quantizer(name, bits=bits, signed=signed, **kw)
+    q.initialize(SAMPLE if signed else SAMPLE.relu(), method=q.init_methods[0])
+    return q
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("signed", [False, True])
+def test_levels_encode_decode_idempotent(name, bits, signed):
+    cls = nuq.quantizers.quantizer_class(name)
+    if not cls.min_bits <= bits <= cls.max_bits:
+        pytest.skip("bit width outside the method's range")
+    q = make(name, bits, signed).eval()
+    x = SAMPLE * 2 if signed else (SAMPLE * 2).relu()
+    with torch.no_grad():
+        y = q(x)
+        lv = q.levels()
+        assert lv.dim() == 1 and torch.all(lv[1:] >= lv[:-1])
+        # every output value is one of the levels
+        assert torch.isin(y, lv).all()
+        assert y.shape == x.shape and y.dtype == x.dtype
+        # idempotent
+        torch.testing.assert_close(q(y), y, atol=0, rtol=0)
+        codes = q.encode(x)
+        assert not codes.dtype.is_floating_point and codes.element_size() == 1
+        torch.testing.assert_close(q.decode(codes), y, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_backward_gives_finite_gradients(name):
+    q = make(name, 2, False).train()
+    x = (SAMPLE.relu() * 2).requires_grad_()
+    q(x).square().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    for n, p in q.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("bits", [0, 1, 17, 2.5, True, "4"])
+def test_bad_bits_is_value_error(name, bits):
+    with pytest.raises(ValueError, match="bits"):
+        nuq.make_quantizer(name, bits=bits)
+
+
+def test_unknown_method_lists_registered_names():
+    with pytest.raises(ValueError, match="lsq"):
+        nuq.make_quantizer("nope", bits=2)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_nan_calibration_sample_is_rejected(name):
+    q = nuq.make_quantizer(name, bits=2)
+    x = torch.rand(100)
+    x[3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        q.initialize(x, method=q.init_methods[0])
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_state_dict_round_trip_is_strict(name):
+    q = make(name, 3, False)
+    q2 = nuq.make_quantizer(name, bits=3)
+    q2.load_state_dict(q.state_dict())
+    x = SAMPLE.relu()
+    torch.testing.assert_close(q2.eval()(x), q.eval()(x), atol=0, rtol=0)
+    bad = dict(q.state_dict())
+    bad["unexpected"] = torch.zeros(1)
+    with pytest.raises(RuntimeError, match="unexpected"):
+        q2.load_state_dict(bad)
