@@ -245,7 +245,8 @@ class Quantizer(nn.Module):
             if name in theirs and theirs[name].shape == t.shape:
                 t.copy_(theirs[name])
             elif name != "initialized":
-                raise ValueError(f"cannot inherit {name!r}: shapes {tuple(t.shape)} and {tuple(theirs[name].shape) if name in theirs else 'missing'}")
+                got = tuple(theirs[name].shape) if name in theirs else "missing"
+                raise ValueError(f"cannot inherit {name!r}: shape {tuple(t.shape)} here, {got} in the source")
         self.mark_initialized()
 
     def _materialize_channels(self, channels: int) -> None:

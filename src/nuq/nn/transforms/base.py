@@ -32,5 +32,6 @@ def available_transforms() -> list[str]:
 
 def make_transform(name: str, **kwargs: Any) -> nn.Module:
     if name not in _TRANSFORMS:
-        raise ValueError(f"unknown weight transform {name!r}; registered: {', '.join(available_transforms()) or 'none'}")
+        known = ", ".join(available_transforms()) or "none"
+        raise ValueError(f"unknown weight transform {name!r}; registered: {known}")
     return _TRANSFORMS[name](**kwargs)
