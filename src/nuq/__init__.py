@@ -1,7 +1,13 @@
 """nuq: quantization-aware training with learned uniform and non-uniform quantizers."""
 
-from .quantizers import Quantizer, available_quantizers, make_quantizer, register_quantizer
-
 __version__ = "0.1.0"
 
-__all__ = ["Quantizer", "__version__", "available_quantizers", "make_quantizer", "register_quantizer"]
+from .models import available_models, create_model  # noqa: E402
+from .prepare import calibrate, prepare, quant_layers, quantizers, signed_inputs  # noqa: E402
+from .qconfig import QATConfig  # noqa: E402
+from .quantizers import Quantizer, available_quantizers, make_quantizer, register_quantizer  # noqa: E402
+
+__all__ = [
+    "QATConfig", "Quantizer", "__version__", "available_models", "available_quantizers", "calibrate",
+    "create_model", "make_quantizer", "prepare", "signed_inputs", "quant_layers", "quantizers", "register_quantizer",
+]

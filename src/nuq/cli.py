@@ -1,0 +1,101 @@
+"""``nuq`` command line: train, eval, demo, list.
+
+    nuq train --config configs/fmnist_resnet20_w2a2_lsq.yaml [--set optim.lr=0.01 ...]
+    nuq eval runs/NAME
+    nuq demo
+    nuq list
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import load_config, train
+
+    overrides = list(args.set or [])
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    if args.init_from:
+        overrides.append(f"init_from={args.init_from}")
+    if args.out_dir:
+        overrides.append(f"out_dir={args.out_dir}")
+    cfg = load_config(args.config, overrides)
+    final = train(cfg)
+    print(f"{final['name']}: {final['quant']} test top-1 {final['test_top1']:.2f}% "
+          f"(top-5 {final['test_top5']:.2f}%) -> {cfg.out_dir}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .eval_run import evaluate_run
+
+    m = evaluate_run(args.run_dir, data_dir=args.data_dir, device=args.device)
+    print(f"{args.run_dir}: {m['quant']} test top-1 {m['top1']:.2f}% top-5 {m['top5']:.2f}% loss {m['loss']:.4f} "
+          f"({m['samples']} samples)")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(out_dir=args.out_dir, data_dir=args.data_dir, quick=args.quick, methods=args.methods)
+    return 0
+
+
+def _cmd_list(_args: argparse.Namespace) -> int:
+    from . import available_models, available_quantizers
+    from .data import available_datasets
+
+    print("quantizers:", ", ".join(available_quantizers()))
+    print("models:    ", ", ".join(available_models()))
+    print("datasets:  ", ", ".join(available_datasets()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nuq", description="Quantization-aware training with learned quantizers.")
+    p.add_argument("--version", action="version", version=f"nuq {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a float model or run QAT from a YAML config")
+    t.add_argument("--config", "-c", help="YAML config (see configs/)")
+    t.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    t.add_argument("--data-dir", help="dataset directory (data.data_dir)")
+    t.add_argument("--init-from", help="run directory to start from: float run, or higher-bit run (progressive)")
+    t.add_argument("--out-dir", help="run directory (out_dir)")
+    t.set_defaults(fn=_cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a run directory on its test set")
+    e.add_argument("run_dir")
+    e.add_argument("--data-dir")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(fn=_cmd_eval)
+
+    d = sub.add_parser("demo", help="short real run: float ResNet-20 on Fashion-MNIST, then W2A2 QAT; prints a table")
+    d.add_argument("--out-dir", default="runs/demo")
+    d.add_argument("--data-dir")
+    d.add_argument("--quick", action="store_true", help="tiny subset, for smoke tests (results not meaningful)")
+    d.add_argument("--methods", nargs="+", default=None, help="QAT methods to compare (default: lsq nulsq)")
+    d.set_defaults(fn=_cmd_demo)
+
+    sub.add_parser("list", help="registered quantizers, models and datasets").set_defaults(fn=_cmd_list)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"nuq {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

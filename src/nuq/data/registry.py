@@ -1,0 +1,24 @@
+"""Datasets by name: ``load_dataset(name, data_dir, train)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .fashion_mnist import fashion_mnist
+from .tensor_data import TensorDataset
+
+_DATASETS: dict[str, Callable[..., TensorDataset]] = {"fashion_mnist": fashion_mnist}
+
+
+def register_dataset(name: str, fn: Callable[..., TensorDataset]) -> None:
+    _DATASETS[name] = fn
+
+
+def available_datasets() -> list[str]:
+    return sorted(_DATASETS)
+
+
+def load_dataset(name: str, data_dir: str | None = None, train: bool = True) -> TensorDataset:
+    if name not in _DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}")
+    return _DATASETS[name](data_dir=data_dir, train=train)

@@ -1,0 +1,196 @@
+"""``prepare``: swap the Conv2d/Linear layers of any model for quantized ones, following
+the layer policy of a :class:`QATConfig`, and initialise every quantizer.
+
+Weight quantizers are initialised from the weights at once. Activation quantizers are
+initialised from calibration batches when ``calib`` is given: the model runs in eval
+mode (BatchNorm statistics untouched) with activations left float, each quantized
+layer keeps a fixed-seed subsample of its input, and each activation quantizer is then
+initialised from its sample. Without ``calib`` they initialise lazily from the first
+training batch, as LSQ does. Under torch.distributed every rank ends with rank 0's
+quantizer parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .nn.layers import QUANT_LAYERS, QuantConv2d, QuantLinear
+from .nn.transforms import make_transform
+from .qconfig import LayerSpec, QATConfig
+from .quantizers import Quantizer, make_quantizer
+from .quantizers.base import check_finite
+
+#: elements of each calibration batch kept per layer
+CALIB_SAMPLE = 1 << 15
+
+
+def quant_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """(name, layer) of every quantized layer."""
+    for name, m in model.named_modules():
+        if isinstance(m, QUANT_LAYERS):
+            yield name, m
+
+
+def quantizers(model: nn.Module) -> Iterator[tuple[str, Quantizer]]:
+    """(name, quantizer) of every quantizer in the model."""
+    for name, m in model.named_modules():
+        if isinstance(m, Quantizer):
+            yield name, m
+
+
+def quantizer_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters owned by quantizers (their own optimiser group)."""
+    return [p for _, q in quantizers(model) for p in q.parameters(recurse=False)]
+
+
+def _float_targets(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(m, QUANT_LAYERS)]
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _batches(calib: Iterable) -> Iterator[Tensor]:
+    for b in calib:
+        x = b[0] if isinstance(b, (tuple, list)) else b
+        if not isinstance(x, Tensor):
+            raise ValueError(f"calib must yield tensors or (input, target) pairs, got {type(x).__name__}")
+        check_finite(x, "calib batch")
+        yield x
+
+
+@torch.no_grad()
+def _record_inputs(model: nn.Module, layers: list[tuple[str, nn.Module]], calib: Iterable) -> dict[str, Tensor]:
+    """Run ``calib`` through ``model`` in eval mode and subsample each layer's input."""
+    samples: dict[str, list[Tensor]] = {n: [] for n, _ in layers}
+    gen = torch.Generator().manual_seed(0)
+
+    def hook(name):
+        def fn(_m, args):
+            x = args[0].detach().reshape(-1).float()
+            if x.numel() > CALIB_SAMPLE:
+                x = x[torch.randint(x.numel(), (CALIB_SAMPLE,), generator=gen).to(x.device)]
+            samples[name].append(x.cpu())
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers]
+    was_training = model.training
+    model.eval()
+    try:
+        seen = 0
+        for x in _batches(calib):
+            model(x.to(next(model.parameters()).device))
+            seen += 1
+        if seen == 0:
+            raise ValueError("calib yielded no batches")
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {n: torch.cat(v) for n, v in samples.items() if v}
+
+
+def _build_layer(layer: nn.Module, spec: LayerSpec, cfg: QATConfig, act_signed: bool) -> nn.Module:
+    is_default_w = spec.weight == cfg.weight
+    w_q = a_q = transform = None
+    if spec.weight is not None:
+        per_channel = cfg.per_channel and spec.weight == cfg.weight
+        w_q = make_quantizer(spec.weight, bits=spec.w_bits, signed=True, grad_scale=cfg.grad_scale,
+                             per_channel=per_channel, channels=layer.weight.shape[0] if per_channel else None,
+                             **(cfg.weight_kwargs if is_default_w else {}))
+        if spec.weight_transform is not None:
+            transform = make_transform(spec.weight_transform,
+                                       **({"bits": spec.w_bits} if spec.weight_transform == "n2uq_entropy" else {}))
+    if spec.act is not None:
+        a_q = make_quantizer(spec.act, bits=spec.a_bits, signed=act_signed, grad_scale=cfg.grad_scale,
+                             **(cfg.act_kwargs if spec.act == cfg.act else {}))
+    cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
+    new = cls.from_float(layer, weight_quantizer=w_q, act_quantizer=a_q, weight_transform=transform)
+    if w_q is not None:
+        init = cfg.w_init if is_default_w and cfg.w_init in w_q.init_methods else w_q.init_methods[0]
+        w_q.initialize(new.float_weight().detach(), method=init)
+    return new
+
+
+def prepare(model: nn.Module, config: QATConfig, calib: Iterable | None = None, inplace: bool = False,
+            signed_inputs: dict[str, bool] | None = None) -> nn.Module:
+    """Return ``model`` with quantized layers per ``config`` (a copy unless ``inplace``).
+
+    ``calib``: optional iterable of input tensors (or (input, target) pairs) used to
+    decide activation signedness and initialise the activation quantizers.
+    ``signed_inputs``: {layer name: signed} as returned by :func:`signed_inputs` of a
+    prepared model; rebuilds the same quantizers without calibration data (loading).
+    """
+    if not isinstance(config, QATConfig):
+        raise ValueError(f"config must be a nuq.QATConfig, got {type(config).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    targets = _float_targets(model)
+    if not targets:
+        raise ValueError("model has no nn.Conv2d or nn.Linear layer to quantize")
+    calib = list(calib) if calib is not None else None  # may be iterated twice
+    inputs = _record_inputs(model, targets, calib) if calib is not None else {}
+    first, last = targets[0][0], targets[-1][0]
+    for name, layer in targets:
+        is_ds = isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1) and any(
+            fnmatch.fnmatchcase(name, p) for p in config.downsample_patterns)
+        spec = config.layer_spec(name, name == first, name == last, is_ds)
+        if spec is None:
+            continue
+        if signed_inputs is not None and name in signed_inputs:
+            signed = signed_inputs[name]
+        elif config.act_signed == "auto":
+            signed = bool((inputs[name] < 0).any()) if name in inputs else name == first
+        else:
+            signed = bool(config.act_signed)
+        _set_module(model, name, _build_layer(layer, spec, config, signed))
+    if calib is not None:
+        calibrate(model, calib, config.a_init)
+    broadcast_quantizers(model)
+    return model
+
+
+def signed_inputs(model: nn.Module) -> dict[str, bool]:
+    """{layer name: whether its activation quantizer is signed} of a prepared model."""
+    return {n: m.act_quantizer.signed for n, m in quant_layers(model) if m.act_quantizer is not None}
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, calib: Iterable, method: str = "mse") -> None:
+    """Initialise every activation quantizer of a prepared model from ``calib``.
+
+    Activations stay float while the sample is taken, so each quantizer sees the input
+    distribution of the float model; BatchNorm statistics are untouched (eval mode).
+    """
+    layers = [(n, m) for n, m in quant_layers(model) if m.act_quantizer is not None]
+    stash = {n: m.act_quantizer for n, m in layers}
+    for _, m in layers:
+        m.act_quantizer = None
+    try:
+        inputs = _record_inputs(model, layers, calib)
+    finally:
+        for n, m in layers:
+            m.act_quantizer = stash[n]
+    for n, m in layers:
+        q = m.act_quantizer
+        q.initialize(inputs[n].to(m.weight.device), method=method if method in q.init_methods else q.init_methods[0])
+
+
+def broadcast_quantizers(model: nn.Module) -> None:
+    """Under torch.distributed, copy rank 0's quantizer parameters and buffers to all ranks."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    for _, q in quantizers(model):
+        for t in list(q.parameters(recurse=False)) + list(q.buffers(recurse=False)):
+            torch.distributed.broadcast(t.data, src=0)
+        q._init_done = bool(q.initialized)
+

@@ -1,0 +1,142 @@
+"""Run configuration: one frozen dataclass tree, loaded strictly from YAML.
+
+``load_config(path, overrides)`` reads a YAML file, applies ``key.sub=value``
+overrides and builds :class:`RunConfig`; unknown keys anywhere are errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config_utils import apply_overrides, check_choice, from_dict, to_dict
+from ..qconfig import QATConfig
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "resnet20"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "fashion_mnist"
+    data_dir: str | None = None
+    train_subset: int | None = None
+    test_subset: int | None = None
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    pad: int = 2
+    flip: bool = True
+
+    def __post_init__(self) -> None:
+        for k in ("batch_size", "eval_batch_size"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"data.{k}={v!r}; allowed: a positive int")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Weights: SGD (Nesterov) by default. Quantizer parameters get their own optimiser
+    (``q_optimizer``) at ``q_lr_mult`` times the weight lr; AdamW at 1/100 is the nuLSQ
+    supplement's recipe (C-I, C-II). ``q_weight_decay`` is a float or "same"."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    warmup_start_factor: float = 1e-3
+    q_optimizer: str = "adamw"
+    q_lr_mult: float = 0.01
+    q_weight_decay: float | str = 0.0
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        check_choice(self.optimizer, OPTIMIZERS, "optim.optimizer")
+        check_choice(self.q_optimizer, OPTIMIZERS, "optim.q_optimizer")
+        check_choice(self.schedule, SCHEDULES, "optim.schedule")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"optim.lr={self.lr!r}; allowed: a positive float")
+        if isinstance(self.q_weight_decay, str) and self.q_weight_decay != "same":
+            raise ValueError(f"optim.q_weight_decay={self.q_weight_decay!r}; allowed: a float or 'same'")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"optim.warmup_epochs={self.warmup_epochs!r}; allowed: >= 0")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation from a float teacher run (loss: alpha*KL*T^2 + (1-alpha)*CE)."""
+
+    teacher: str | None = None
+    temperature: float = 1.0
+    alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"distill.temperature={self.temperature!r}; allowed: > 0")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"distill.alpha={self.alpha!r}; allowed: a float in [0, 1]")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run needs. ``qat: null`` trains the float model;
+    ``init_from`` names a run directory (or checkpoint file) to start from: a float
+    run for QAT, or a higher-bit QAT run for progressive fine-tuning."""
+
+    name: str = "run"
+    out_dir: str = "runs/run"
+    seed: int = 0
+    epochs: int = 1
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    qat: QATConfig | None = None
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    init_from: str | None = None
+    calib_batches: int = 8
+    ckpt_every_steps: int | None = None
+    device: str = "auto"
+    progress: bool = True
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs={self.epochs!r}; allowed: a positive int")
+        if self.calib_batches < 1:
+            raise ValueError(f"calib_batches={self.calib_batches!r}; allowed: a positive int")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    return from_dict(RunConfig, data, "config")
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read YAML ``path`` (None = defaults), apply ``overrides``, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {p} does not exist")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{p}: the top level of a config must be a mapping")
+    return config_from_dict(apply_overrides(data, list(overrides or [])))
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

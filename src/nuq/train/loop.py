@@ -1,0 +1,228 @@
+"""The training loop: float training or QAT, with resumable atomic checkpoints.
+
+``train(cfg)`` runs one :class:`RunConfig` end to end and returns its final metrics.
+A run directory holds ``config.yaml`` (the resolved config), ``checkpoint.pt``
+(model, optimisers, scheduler position, RNG states, metrics so far), ``metrics.json``
+and ``log.csv``. Re-running the same config resumes from the checkpoint; since the
+batches of an epoch depend only on (seed, epoch), the resumed run reproduces the
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .. import __version__
+from ..data import TensorLoader, load_dataset
+from ..prepare import quantizer_parameters, signed_inputs
+from .build import build_model, qat_summary, rebuild
+from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, write_json
+from .config import RunConfig, save_config
+from .evaluate import evaluate
+from .schedule import lr_factor
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf; the last checkpoint on disk is the last good state."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _make_optimizer(kind: str, params: list, lr: float, wd: float, cfg) -> torch.optim.Optimizer:
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=wd)
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+
+
+def build_optimizers(model: nn.Module, cfg: RunConfig) -> list[torch.optim.Optimizer]:
+    """One optimiser for the weights, one for the quantizer parameters (if any)."""
+    o = cfg.optim
+    qparams = quantizer_parameters(model)
+    qids = {id(p) for p in qparams}
+    weights = [p for p in model.parameters() if id(p) not in qids and p.requires_grad]
+    opts = [_make_optimizer(o.optimizer, weights, o.lr, o.weight_decay, o)]
+    if qparams:
+        qwd = o.weight_decay if o.q_weight_decay == "same" else float(o.q_weight_decay)
+        opts.append(_make_optimizer(o.q_optimizer, qparams, o.lr * o.q_lr_mult, qwd, o))
+    return opts
+
+
+def distill_loss(logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None,
+                 temperature: float, alpha: float) -> torch.Tensor:
+    """alpha * T^2 * KL(teacher || student) at temperature T + (1 - alpha) * CE."""
+    ce = F.cross_entropy(logits, target)
+    if teacher_logits is None:
+        return ce
+    t = temperature
+    kl = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(teacher_logits / t, 1), log_target=True,
+                  reduction="batchmean") * (t * t)
+    return alpha * kl + (1 - alpha) * ce
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out_dir)
+        self.device = resolve_device(cfg.device)
+        d = cfg.data
+        train_set = load_dataset(d.name, d.data_dir, train=True).subset(d.train_subset, seed=cfg.seed)
+        test_set = load_dataset(d.name, d.data_dir, train=False).subset(d.test_subset, seed=0)
+        self.num_classes, self.in_channels = train_set.num_classes, train_set.in_channels
+        self.train_loader = TensorLoader(train_set, d.batch_size, train=True, seed=cfg.seed, pad=d.pad, flip=d.flip)
+        self.test_loader = TensorLoader(test_set, d.eval_batch_size, train=False)
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"data.batch_size={d.batch_size} exceeds the {len(train_set)} training samples")
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.teacher = self._load_teacher()
+
+    def _load_teacher(self) -> nn.Module | None:
+        if not self.cfg.distill.teacher:
+            return None
+        ckpt = load_checkpoint(self.cfg.distill.teacher)
+        try:
+            teacher, _ = rebuild(ckpt, self.num_classes, self.in_channels)
+        except ValueError as e:
+            raise ValueError(f"distill.teacher={self.cfg.distill.teacher}: {e}") from e
+        return teacher.to(self.device).eval().requires_grad_(False)
+
+    def _calib_batches(self):
+        loader = TensorLoader(self.train_loader.data, self.cfg.data.batch_size, train=False)
+        for i, (x, _) in enumerate(loader):
+            if i >= self.cfg.calib_batches:
+                break
+            yield x.to(self.device)
+
+    def _schedulers(self, opts) -> list[torch.optim.lr_scheduler.LambdaLR]:
+        o = self.cfg.optim
+        warm = int(round(o.warmup_epochs * self.steps_per_epoch))
+        return [torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_factor(s, self.total_steps, warm, o.schedule, o.warmup_start_factor)) for opt in opts]
+
+    def _state(self, step: int) -> dict[str, Any]:
+        return {
+            "format": "nuq-checkpoint-1", "nuq_version": __version__, "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(), "signed_inputs": signed_inputs(self.model),
+            "optimizers": [o.state_dict() for o in self.opts], "schedulers": [s.state_dict() for s in self.scheds],
+            "step": step, "history": self.history, "rng_cpu": torch.get_rng_state(),
+            "num_classes": self.num_classes, "in_channels": self.in_channels,
+        }
+
+    def _restore(self, ckpt: dict[str, Any]) -> int:
+        self.model.load_state_dict(ckpt["model"], strict=True)
+        for o, s in zip(self.opts, ckpt["optimizers"], strict=True):
+            o.load_state_dict(s)
+        for sch, s in zip(self.scheds, ckpt["schedulers"], strict=True):
+            sch.load_state_dict(s)
+        torch.set_rng_state(ckpt["rng_cpu"])
+        self.history = list(ckpt["history"])
+        return int(ckpt["step"])
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        ckpt_path = self.out / CHECKPOINT
+        resume = cfg.resume and ckpt_path.is_file()
+        ckpt = load_checkpoint(ckpt_path) if resume else None
+        if ckpt is not None and ckpt["config"] != cfg.to_dict():
+            raise ValueError(f"{self.out} holds a run of a different config; use another out_dir or resume: false")
+        if ckpt is not None:
+            self.model = rebuild(ckpt, self.num_classes, self.in_channels)[0].to(self.device)
+        else:
+            self.model = build_model(cfg, self.num_classes, self.in_channels, self._calib_batches(), self.device)
+            self.model.to(self.device)
+        self.opts = build_optimizers(self.model, cfg)
+        self.scheds = self._schedulers(self.opts)
+        self.history: list[dict[str, Any]] = []
+        step = self._restore(ckpt) if ckpt is not None else 0
+        save_config(cfg, self.out / "config.yaml")
+        start_epoch = step // self.steps_per_epoch
+        for epoch in range(start_epoch, cfg.epochs):
+            step = self._train_epoch(epoch, step)
+            metrics = evaluate(self.model, self.test_loader, self.device)
+            row = {"epoch": epoch + 1, "step": step, **self._epoch_stats,
+                   **{f"test_{k}": v for k, v in metrics.items()}}
+            self.history.append(row)
+            save_checkpoint(self._state(step), ckpt_path)
+            self._log(row)
+        final = {"name": cfg.name, "quant": qat_summary(cfg.qat), **(self.history[-1] if self.history else {}),
+                 "nuq_version": __version__}
+        write_json({"final": final, "history": self.history, "config": cfg.to_dict()}, self.out / "metrics.json")
+        return final
+
+    def _train_epoch(self, epoch: int, step: int) -> int:
+        cfg = self.cfg
+        self.model.train()
+        self.train_loader.set_epoch(epoch)
+        skip = step - epoch * self.steps_per_epoch  # batches already done before a mid-epoch kill
+        tot_loss, tot_correct, tot_n, t0 = 0.0, 0, 0, time.perf_counter()
+        bar = tqdm(self.train_loader, total=self.steps_per_epoch, disable=None if cfg.progress else True, leave=False,
+                   desc=f"{cfg.name} ep {epoch + 1}/{cfg.epochs}", dynamic_ncols=True)
+        for i, (x, y) in enumerate(bar):
+            if i < skip:
+                continue
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            logits = self.model(x)
+            t_logits = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    t_logits = self.teacher(x)
+            loss = distill_loss(logits, y, t_logits, cfg.distill.temperature, cfg.distill.alpha)
+            loss_v = loss.item()
+            if not math.isfinite(loss_v):
+                raise TrainingDiverged(
+                    f"loss became {loss_v} at epoch {epoch + 1}, step {step + 1}; the last good state is "
+                    f"{self.out / CHECKPOINT} (lower optim.lr or q_lr_mult, or check the quantizer init)")
+            for o in self.opts:
+                o.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+            for o in self.opts:
+                o.step()
+            for s in self.scheds:
+                s.step()
+            step += 1
+            n = y.numel()
+            tot_loss += loss_v * n
+            tot_correct += int((logits.argmax(1) == y).sum())
+            tot_n += n
+            bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}", acc=f"{100 * tot_correct / tot_n:.1f}")
+            if cfg.ckpt_every_steps and step % cfg.ckpt_every_steps == 0 and i + 1 < self.steps_per_epoch:
+                save_checkpoint(self._state(step), self.out / CHECKPOINT)
+        self._epoch_stats = {"train_loss": tot_loss / max(tot_n, 1), "train_top1": 100 * tot_correct / max(tot_n, 1),
+                             "lr": self.opts[0].param_groups[0]["lr"], "epoch_time_s": time.perf_counter() - t0}
+        return step
+
+    def _log(self, row: dict[str, Any]) -> None:
+        path = self.out / "log.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        if self.cfg.progress:
+            tqdm.write(f"[{self.cfg.name}] epoch {row['epoch']}: loss {row['train_loss']:.3f} "
+                       f"train {row['train_top1']:.2f}% test {row['test_top1']:.2f}%")
+
+
+def train(cfg: RunConfig) -> dict[str, Any]:
+    """Train (float or QAT) as configured; resumes from ``cfg.out_dir`` if possible."""
+    return Trainer(cfg).run()

@@ -1,0 +1,45 @@
+"""The command line: train/eval round trip, demo smoke run, clear errors."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from nuq.cli import main
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_data = pytest.mark.skipif(not FMNIST.is_dir() and not os.environ.get("NUQ_DATA_DIR"),
+                                reason="Fashion-MNIST not installed")
+
+
+@needs_data
+def test_train_then_eval(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {name: mlp, kwargs: {hidden: 32}}\nepochs: 1\nprogress: false\n"
+                   "data: {train_subset: 1000, test_subset: 500}\n")
+    assert main(["train", "-c", str(cfg), "--out-dir", str(tmp_path / "r"), "--set", "optim.lr=0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "test top-1" in out
+    assert main(["eval", str(tmp_path / "r")]) == 0
+    top1_train = float(out.split("test top-1 ")[1].split("%")[0])
+    top1_eval = float(capsys.readouterr().out.split("test top-1 ")[1].split("%")[0])
+    assert top1_eval == pytest.approx(top1_train, abs=1e-6)
+
+
+@needs_data
+def test_demo_quick_prints_table(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out-dir", str(tmp_path), "--methods", "lsq"]) == 0
+    out = capsys.readouterr().out
+    assert "| float | float |" in out and "W2A2 lsq/lsq" in out
+
+
+def test_unknown_key_is_reported(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("optim: {lr: 0.1, momentun: 0.9}\n")
+    assert main(["train", "-c", str(cfg)]) == 2
+    assert "momentun" in capsys.readouterr().err
+
+
+def test_eval_missing_run_is_reported(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "none")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err

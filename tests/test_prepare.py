@@ -1,0 +1,108 @@
+"""prepare(): layer swapping on two model families, layer policy, calibration."""
+
+import pytest
+import torch
+from torch import nn
+
+import nuq
+from nuq.nn import QuantConv2d, QuantLinear
+
+
+def resnet():
+    return nuq.create_model("resnet20", num_classes=10, in_channels=1, width=4)
+
+
+def mlp():
+    return nuq.create_model("mlp", num_classes=10, in_channels=1, hidden=32)
+
+
+def calib(n=2):
+    return [torch.randn(8, 1, 28, 28) for _ in range(n)]
+
+
+@pytest.mark.parametrize("factory", [resnet, mlp])
+def test_prepare_swaps_every_layer_and_trains(factory):
+    model = factory()
+    n_float = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+    q = nuq.prepare(model, nuq.QATConfig(w_bits=2, a_bits=2), calib=calib())
+    layers = dict(nuq.quant_layers(q))
+    assert len(layers) == n_float
+    # the original is untouched (copy by default)
+    assert not any(isinstance(m, (QuantConv2d, QuantLinear)) for m in model.modules())
+    names = list(layers)
+    first, last = layers[names[0]], layers[names[-1]]
+    assert first.weight_quantizer.method == "minmax" and first.weight_quantizer.bits == 8
+    assert first.act_quantizer.signed  # normalised images are signed
+    assert last.weight_quantizer.method == "minmax"
+    mid = layers[names[1]]
+    assert mid.weight_quantizer.method == "lsq" and mid.weight_quantizer.bits == 2
+    assert not mid.act_quantizer.signed  # post-ReLU input
+    assert all(bool(qz.initialized) for _, qz in nuq.quantizers(q))
+    out = q(torch.randn(4, 1, 28, 28))
+    out.sum().backward()
+    assert all(p.grad is not None for _, qz in nuq.quantizers(q) for p in qz.parameters())
+
+
+def test_prepared_layer_equals_manual_fake_quant():
+    model = mlp()
+    q = nuq.prepare(model, nuq.QATConfig(w_bits=3, a_bits=3, first_last="same"), calib=calib())
+    layer = dict(nuq.quant_layers(q))["3"]
+    x = torch.rand(5, 32)
+    expect = nn.functional.linear(layer.act_quantizer(x), layer.weight_quantizer(layer.weight), layer.bias)
+    torch.testing.assert_close(layer(x), expect, atol=0, rtol=0)
+
+
+def test_calibration_leaves_batchnorm_untouched():
+    model = resnet()
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    q = nuq.prepare(model, nuq.QATConfig(w_bits=2, a_bits=2), calib=calib(3))
+    after = q.state_dict()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k
+    assert q.training  # mode restored
+
+
+def test_layer_policy_skip_float_first_last_downsample_override():
+    cfg = nuq.QATConfig(w_bits=2, a_bits=2, first_last="float", quantize_downsample=False,
+                        skip=("layers.0.*",), overrides={"layers.8.conv2": {"w_bits": 4, "a_bits": 3}})
+    q = nuq.prepare(resnet(), cfg)
+    layers = dict(nuq.quant_layers(q))
+    assert "conv1" not in layers and "fc" not in layers
+    assert not any(n.startswith("layers.0.") for n in layers)
+    assert not any("shortcut" in n for n in layers)
+    assert layers["layers.8.conv2"].weight_quantizer.bits == 4
+    assert layers["layers.8.conv2"].act_quantizer.bits == 3
+    assert layers["layers.8.conv1"].weight_quantizer.bits == 2
+
+
+def test_state_dict_is_strict_and_round_trips():
+    cfg = nuq.QATConfig(w_bits=2, a_bits=2)
+    q = nuq.prepare(resnet(), cfg, calib=calib())
+    q2 = nuq.prepare(resnet(), cfg, signed_inputs=nuq.signed_inputs(q))
+    q2.load_state_dict(q.state_dict())
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(q2.eval()(x), q.eval()(x), atol=0, rtol=0)
+    sd = q.state_dict()
+    sd.pop("layers.1.conv1.act_quantizer.step")
+    with pytest.raises(RuntimeError, match="act_quantizer.step"):
+        q2.load_state_dict(sd)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"weight": "nope"}, "unknown quantizer method"),
+    ({"w_bits": 1}, "w_bits"),
+    ({"a_bits": 99}, "a_bits"),
+    ({"first_last": "16bit"}, "first_last"),
+    ({"w_init": "magic"}, "w_init"),
+    ({"overrides": {"x": {"bitz": 3}}}, "bitz"),
+])
+def test_bad_config_is_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        nuq.QATConfig(**kwargs)
+
+
+def test_nan_calibration_batch_is_rejected():
+    bad = torch.randn(4, 1, 28, 28)
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        nuq.prepare(mlp(), nuq.QATConfig(), calib=[bad])

@@ -1,0 +1,108 @@
+"""End-to-end training on real Fashion-MNIST: accuracy above chance, resume after a
+kill reproduces the uninterrupted run, NaN stops the run, bad configs fail early."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nuq.train import TrainingDiverged, train
+from nuq.train.checkpoint import load_checkpoint
+from nuq.train.config import config_from_dict, load_config
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_data = pytest.mark.skipif(not FMNIST.is_dir() and not os.environ.get("NUQ_DATA_DIR"),
+                                reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+def mlp_cfg(out, **kw):
+    base = {"name": "t", "out_dir": str(out), "epochs": 2, "progress": False,
+            "model": {"name": "mlp", "kwargs": {"hidden": 64}},
+            "data": {"train_subset": 2000, "test_subset": 1000, "batch_size": 100},
+            "optim": {"lr": 0.05, "warmup_epochs": 0.5}}
+    for k, v in kw.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            base[k] = {**base[k], **v}
+        else:
+            base[k] = v
+    return base
+
+
+@needs_data
+def test_float_then_qat_above_chance(tmp_path):
+    f = train(config_from_dict(mlp_cfg(tmp_path / "float")))
+    assert f["test_top1"] > 60  # chance is 10%
+    q = train(config_from_dict(mlp_cfg(tmp_path / "q", init_from=str(tmp_path / "float"),
+                                       qat={"w_bits": 2, "a_bits": 2}, optim={"lr": 0.01})))
+    assert q["test_top1"] > 50
+    run = tmp_path / "q"
+    assert (run / "metrics.json").is_file() and (run / "config.yaml").is_file() and (run / "log.csv").is_file()
+    ck = load_checkpoint(run)
+    assert ck["config"]["qat"]["w_bits"] == 2 and "rng_cpu" in ck
+
+
+@needs_data
+def test_resume_after_kill_matches_uninterrupted(tmp_path):
+    raw = mlp_cfg(tmp_path / "a", epochs=3, qat={"w_bits": 2, "a_bits": 2, "first_last": "same"},
+                  data={"train_subset": 3000})
+    full = train(config_from_dict(raw))
+    ref = load_checkpoint(tmp_path / "a")["model"]
+
+    # the same run in a subprocess, SIGKILLed once its first checkpoint is on disk
+    cfg_file = tmp_path / "b.yaml"
+    import yaml
+    cfg_file.write_text(yaml.safe_dump({**raw, "out_dir": str(tmp_path / "b"), "data": {**raw["data"]}}))
+    proc = subprocess.Popen([sys.executable, "-m", "nuq", "train", "--config", str(cfg_file)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "b" / "checkpoint.pt"
+    deadline = time.time() + 240
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists()
+    killed_at = load_checkpoint(tmp_path / "b")["step"]
+    resumed = train(load_config(cfg_file))
+    assert killed_at < resumed["step"] or killed_at == resumed["step"]
+    got = load_checkpoint(tmp_path / "b")["model"]
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], atol=0, rtol=0, msg=k)
+    assert resumed["test_top1"] == full["test_top1"]
+
+
+@needs_data
+def test_nan_loss_stops_and_keeps_checkpoint(tmp_path):
+    raw = mlp_cfg(tmp_path / "n", epochs=2, optim={"lr": 1e30, "weight_decay": 0.0, "warmup_epochs": 0.0})
+    with pytest.raises(TrainingDiverged, match="last good state"):
+        train(config_from_dict(raw))
+
+
+@needs_data
+def test_init_from_another_architecture_is_clear_error(tmp_path):
+    train(config_from_dict(mlp_cfg(tmp_path / "f", epochs=1)))
+    raw = mlp_cfg(tmp_path / "g", epochs=1, init_from=str(tmp_path / "f"),
+                  model={"name": "resnet20", "kwargs": {"width": 4}})
+    with pytest.raises(ValueError, match="does not match the model"):
+        train(config_from_dict(raw))
+
+
+def test_unknown_config_keys_are_errors():
+    with pytest.raises(ValueError, match="optim.*lrr|lrr"):
+        config_from_dict({"optim": {"lrr": 0.1}})
+    with pytest.raises(ValueError, match="allowed"):
+        config_from_dict({"bogus": 1})
+    with pytest.raises(ValueError, match="unknown quantizer method"):
+        config_from_dict({"qat": {"weight": "nope"}})
+    with pytest.raises(ValueError, match="key=value"):
+        load_config(None, ["optim.lr"])
+
+
+def test_set_overrides_parse_yaml_values():
+    cfg = load_config(None, ["optim.lr=0.5", "qat.w_bits=3", "data.train_subset=null"])
+    assert cfg.optim.lr == 0.5 and cfg.qat.w_bits == 3 and cfg.data.train_subset is None
