@@ -1,15 +1,9 @@
 """The command line: train/eval round trip, demo smoke run, clear errors."""
 
-import os
-from pathlib import Path
-
 import pytest
+from tests_helpers import needs_data
 
 from nuq.cli import main
-
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_data = pytest.mark.skipif(not FMNIST.is_dir() and not os.environ.get("NUQ_DATA_DIR"),
-                                reason="Fashion-MNIST not installed")
 
 
 @needs_data

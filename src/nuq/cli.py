@@ -3,6 +3,7 @@
     nuq train --config configs/fmnist_resnet20_w2a2_lsq.yaml [--set optim.lr=0.01 ...]
     nuq eval runs/NAME
     nuq demo
+    nuq compare --config configs/compare/fmnist_nulsq_vs_lsq.yaml
     nuq list
 """
 
@@ -48,6 +49,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import load_grid, markdown_table, run_grid
+
+    rows = run_grid(load_grid(args.config, args.set))
+    print()
+    print(markdown_table(rows))
+    return 0
+
+
 def _cmd_list(_args: argparse.Namespace) -> int:
     from . import available_models, available_quantizers
     from .data import available_datasets
@@ -83,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="tiny subset, for smoke tests (results not meaningful)")
     d.add_argument("--methods", nargs="+", default=None, help="QAT methods to compare (default: lsq nulsq)")
     d.set_defaults(fn=_cmd_demo)
+
+    c = sub.add_parser("compare", help="grid of methods x bits x seeds from one float run; results table")
+    c.add_argument("--config", "-c", required=True, help="grid YAML (see configs/compare/)")
+    c.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override a grid key (repeatable)")
+    c.set_defaults(fn=_cmd_compare)
 
     sub.add_parser("list", help="registered quantizers, models and datasets").set_defaults(fn=_cmd_list)
     return p

@@ -6,18 +6,14 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from tests_helpers import needs_data
 
 from nuq.train import TrainingDiverged, train
 from nuq.train.checkpoint import load_checkpoint
 from nuq.train.config import config_from_dict, load_config
-
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_data = pytest.mark.skipif(not FMNIST.is_dir() and not os.environ.get("NUQ_DATA_DIR"),
-                                reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 
 
 def mlp_cfg(out, **kw):

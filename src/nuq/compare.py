@@ -1,0 +1,151 @@
+"""``nuq compare``: a grid of methods x bit widths x seeds from one float checkpoint.
+
+The grid config (YAML)::
+
+    out_dir: runs/compare_fmnist
+    base: {...}            # a RunConfig dict shared by every run (model, data, optim, epochs)
+    float: {epochs: 15}    # overrides for the float run (trained once, first)
+    bits: [2, 3, 4]        # W/A bit widths (wN aN)
+    seeds: [0, 1, 2]
+    methods:               # name -> overrides of the QAT runs (qat.*, optim.*, ...)
+      lsq:      {qat: {weight: lsq, act: lsq}}
+      nulsq-a:  {qat: {weight: lsq, act: nulsq}}
+
+Every cell is validated before any training starts (unknown method, impossible bit
+width). Finished cells (a ``metrics.json`` in their run directory) are skipped and an
+interrupted cell resumes from its checkpoint, so re-running the command continues the
+grid. Results go to ``results.csv`` and ``results.md`` (mean +- std over seeds).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config_utils import from_dict
+from .train import train
+from .train.config import RunConfig, config_from_dict
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    out_dir: str = "runs/compare"
+    base: dict[str, Any] = field(default_factory=dict)
+    float: dict[str, Any] = field(default_factory=dict)
+    bits: tuple[int, ...] = (2, 3, 4)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ValueError("methods: the grid names no method")
+        if not self.seeds:
+            raise ValueError("seeds: the grid names no seed")
+
+
+def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge, b wins."""
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def float_config(grid: GridConfig) -> RunConfig:
+    raw = merge(grid.base, {"name": "float", "out_dir": str(Path(grid.out_dir) / "float"), "qat": None})
+    return config_from_dict(merge(raw, grid.float))
+
+
+def cell_configs(grid: GridConfig) -> list[tuple[str, int, int, RunConfig]]:
+    """(method, bits, seed, config) of every QAT cell, validated."""
+    float_dir = str(Path(grid.out_dir) / "float")
+    cells = []
+    for name, over in grid.methods.items():
+        for bits in grid.bits:
+            for seed in grid.seeds:
+                run = f"{name}_w{bits}a{bits}_s{seed}"
+                raw = merge(grid.base, {"name": run, "out_dir": str(Path(grid.out_dir) / run), "seed": seed,
+                                        "init_from": float_dir, "qat": {"w_bits": bits, "a_bits": bits}})
+                raw = merge(raw, over)
+                try:
+                    cfg = config_from_dict(raw)
+                except ValueError as e:
+                    raise ValueError(f"grid cell {run}: {e}") from e
+                cells.append((name, bits, seed, cfg))
+    return cells
+
+
+def _done(cfg: RunConfig) -> dict[str, Any] | None:
+    p = Path(cfg.out_dir) / "metrics.json"
+    return json.loads(p.read_text())["final"] if p.is_file() else None
+
+
+def run_grid(grid: GridConfig) -> list[dict[str, Any]]:
+    fcfg = float_config(grid)
+    cells = cell_configs(grid)  # fail on a bad cell before training anything
+    ffinal = _done(fcfg) or train(fcfg)
+    rows = [{"method": "float", "bits": 32, "seed": fcfg.seed, "top1": ffinal["test_top1"],
+             "top5": ffinal["test_top5"]}]
+    for name, bits, seed, cfg in cells:
+        final = _done(cfg) or train(cfg)
+        rows.append({"method": name, "bits": bits, "seed": seed, "top1": final["test_top1"],
+                     "top5": final["test_top5"]})
+        write_results(grid, rows)
+    write_results(grid, rows)
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[tuple[str, int], tuple[float, float, int]]:
+    groups: dict[tuple[str, int], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["bits"]), []).append(r["top1"])
+    return {k: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)) for k, v in groups.items()}
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    stats = summarize(rows)
+    bits = sorted({b for (m, b) in stats if m != "float"})
+    methods = list(dict.fromkeys(m for (m, _) in stats if m != "float"))
+    best = {b: max((stats[(m, b)][0] for m in methods if (m, b) in stats), default=None) for b in bits}
+    head = "| method | " + " | ".join(f"W{b}A{b}" for b in bits) + " |"
+    lines = [head, "|---|" + "---:|" * len(bits)]
+    if ("float", 32) in stats:
+        mean, std, n = stats[("float", 32)]
+        lines.append("| float (32/32) | " + " | ".join(f"{mean:.2f}" for _ in bits) + " |")
+    for m in methods:
+        cells = []
+        for b in bits:
+            if (m, b) not in stats:
+                cells.append("–")
+                continue
+            mean, std, n = stats[(m, b)]
+            s = f"{mean:.2f} ± {std:.2f}"
+            cells.append(f"**{s}**" if mean == best[b] else s)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    n_seeds = max((n for (_, _, n) in stats.values()), default=0)
+    lines.append(f"\nTest top-1 (%), mean ± std over {n_seeds} seed(s); best per column in bold.")
+    return "\n".join(lines)
+
+
+def write_results(grid: GridConfig, rows: list[dict[str, Any]]) -> None:
+    out = Path(grid.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "results.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["method", "bits", "seed", "top1", "top5"])
+        w.writeheader()
+        w.writerows(rows)
+    (out / "results.md").write_text(markdown_table(rows) + "\n")
+
+
+def load_grid(path: str | Path, overrides: list[str] | None = None) -> GridConfig:
+    from .config_utils import apply_overrides
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    return from_dict(GridConfig, apply_overrides(data, list(overrides or [])), "grid")

@@ -1,0 +1,38 @@
+"""The comparison grid: validation before training, skipping finished cells, the table."""
+
+import pytest
+from tests_helpers import needs_data
+
+from nuq.compare import GridConfig, cell_configs, markdown_table, run_grid
+
+
+def test_bad_cell_fails_before_training(tmp_path):
+    grid = GridConfig(out_dir=str(tmp_path), bits=(2, 99), seeds=(0,), methods={"lsq": {"qat": {"weight": "lsq"}}})
+    with pytest.raises(ValueError, match="lsq_w99a99_s0"):
+        run_grid(grid)
+    assert not (tmp_path / "float").exists()
+    grid = GridConfig(out_dir=str(tmp_path), bits=(2,), seeds=(0,), methods={"x": {"qat": {"act": "nope"}}})
+    with pytest.raises(ValueError, match="unknown quantizer method"):
+        cell_configs(grid)
+
+
+def test_markdown_table_marks_best_and_reports_std():
+    rows = [{"method": "float", "bits": 32, "seed": 0, "top1": 90.0, "top5": 99.0}]
+    rows += [{"method": "a", "bits": 2, "seed": s, "top1": v, "top5": 0} for s, v in enumerate([80.0, 82.0])]
+    rows += [{"method": "b", "bits": 2, "seed": s, "top1": v, "top5": 0} for s, v in enumerate([70.0, 70.0])]
+    t = markdown_table(rows)
+    assert "**81.00 ± 1.41**" in t and "70.00 ± 0.00" in t and "| float (32/32) | 90.00 |" in t
+
+
+@needs_data
+def test_grid_runs_and_resumes(tmp_path):
+    base = {"model": {"name": "mlp", "kwargs": {"hidden": 64}}, "epochs": 2, "progress": False,
+            "data": {"train_subset": 2000, "test_subset": 500, "batch_size": 100}, "optim": {"lr": 0.05}}
+    grid = GridConfig(out_dir=str(tmp_path), base=base, bits=(2,), seeds=(0, 1),
+                      methods={"lsq": {"qat": {"weight": "lsq", "act": "lsq"}}})
+    rows = run_grid(grid)
+    assert len(rows) == 3 and (tmp_path / "results.md").is_file() and (tmp_path / "results.csv").is_file()
+    assert all(r["top1"] > 40 for r in rows)  # chance is 10%
+    mtime = (tmp_path / "lsq_w2a2_s1" / "checkpoint.pt").stat().st_mtime
+    assert run_grid(grid) == rows  # finished cells are read, not retrained
+    assert (tmp_path / "lsq_w2a2_s1" / "checkpoint.pt").stat().st_mtime == mtime
