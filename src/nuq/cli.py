@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -28,8 +29,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"out_dir={args.out_dir}")
     cfg = load_config(args.config, overrides)
     final = train(cfg)
-    print(f"{final['name']}: {final['quant']} test top-1 {final['test_top1']:.2f}% "
-          f"(top-5 {final['test_top5']:.2f}%) -> {cfg.out_dir}")
+    if os.environ.get("RANK", "0") == "0":  # one line per job, not per torchrun process
+        print(f"{final['name']}: {final['quant']} test top-1 {final['test_top1']:.2f}% "
+              f"(top-5 {final['test_top5']:.2f}%) -> {cfg.out_dir}")
     return 0
 
 

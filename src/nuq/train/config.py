@@ -108,6 +108,7 @@ class RunConfig:
     calib_batches: int = 8
     ckpt_every_steps: int | None = None
     device: str = "auto"
+    sync_bn: bool = False
     progress: bool = True
     resume: bool = True
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..data import TensorLoader, load_dataset
 from ..prepare import quantizer_parameters, signed_inputs
+from . import distributed as ddp
 from .build import build_model, qat_summary, rebuild
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, write_json
 from .config import RunConfig, save_config
@@ -79,12 +80,17 @@ class Trainer:
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
+        self.dist = ddp.setup(cfg.device)
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
         d = cfg.data
         train_set = load_dataset(d.name, d.data_dir, train=True).subset(d.train_subset, seed=cfg.seed)
         test_set = load_dataset(d.name, d.data_dir, train=False).subset(d.test_subset, seed=0)
         self.num_classes, self.in_channels = train_set.num_classes, train_set.in_channels
-        self.train_loader = TensorLoader(train_set, d.batch_size, train=True, seed=cfg.seed, pad=d.pad, flip=d.flip)
+        # under DDP, data.batch_size is per process and every rank reads its own shard
+        self.train_loader = TensorLoader(train_set, d.batch_size, train=True, seed=cfg.seed, pad=d.pad, flip=d.flip,
+                                         rank=self.dist.rank, world_size=self.dist.world_size)
         self.test_loader = TensorLoader(test_set, d.eval_batch_size, train=False)
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
@@ -118,14 +124,14 @@ class Trainer:
     def _state(self, step: int) -> dict[str, Any]:
         return {
             "format": "nuq-checkpoint-1", "nuq_version": __version__, "config": self.cfg.to_dict(),
-            "model": self.model.state_dict(), "signed_inputs": signed_inputs(self.model),
+            "model": self.bare.state_dict(), "signed_inputs": signed_inputs(self.bare),
             "optimizers": [o.state_dict() for o in self.opts], "schedulers": [s.state_dict() for s in self.scheds],
             "step": step, "history": self.history, "rng_cpu": torch.get_rng_state(),
             "num_classes": self.num_classes, "in_channels": self.in_channels,
         }
 
     def _restore(self, ckpt: dict[str, Any]) -> int:
-        self.model.load_state_dict(ckpt["model"], strict=True)
+        self.bare.load_state_dict(ckpt["model"], strict=True)
         for o, s in zip(self.opts, ckpt["optimizers"], strict=True):
             o.load_state_dict(s)
         for sch, s in zip(self.scheds, ckpt["schedulers"], strict=True):
@@ -136,7 +142,9 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
+        main = self.dist.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
         ckpt_path = self.out / CHECKPOINT
         resume = cfg.resume and ckpt_path.is_file()
         ckpt = load_checkpoint(ckpt_path) if resume else None
@@ -147,24 +155,43 @@ class Trainer:
         else:
             self.model = build_model(cfg, self.num_classes, self.in_channels, self._calib_batches(), self.device)
             self.model.to(self.device)
-        self.opts = build_optimizers(self.model, cfg)
+        self.bare = self.model
+        self.model = ddp.wrap(self.model, self.dist, self.device, cfg.sync_bn)
+        self.opts = build_optimizers(self.bare, cfg)
         self.scheds = self._schedulers(self.opts)
         self.history: list[dict[str, Any]] = []
         step = self._restore(ckpt) if ckpt is not None else 0
-        save_config(cfg, self.out / "config.yaml")
+        if main:
+            save_config(cfg, self.out / "config.yaml")
         start_epoch = step // self.steps_per_epoch
         for epoch in range(start_epoch, cfg.epochs):
             step = self._train_epoch(epoch, step)
-            metrics = evaluate(self.model, self.test_loader, self.device)
+            ddp.sync_buffers(self.model, self.dist)
+            # every rank evaluates the whole test set: identical numbers, no reduction needed
+            metrics = evaluate(self.bare, self.test_loader, self.device)
             row = {"epoch": epoch + 1, "step": step, **self._epoch_stats,
                    **{f"test_{k}": v for k, v in metrics.items()}}
+            self._check_sync(row)
             self.history.append(row)
-            save_checkpoint(self._state(step), ckpt_path)
-            self._log(row)
+            if main:
+                save_checkpoint(self._state(step), ckpt_path)
+                self._log(row)
+            ddp.barrier(self.dist)
         final = {"name": cfg.name, "quant": qat_summary(cfg.qat), **(self.history[-1] if self.history else {}),
                  "nuq_version": __version__}
-        write_json({"final": final, "history": self.history, "config": cfg.to_dict()}, self.out / "metrics.json")
+        if main:
+            write_json({"final": final, "history": self.history, "config": cfg.to_dict()}, self.out / "metrics.json")
         return final
+
+    def _check_sync(self, row: dict[str, Any]) -> None:
+        """Under DDP, fail loudly if the ranks' models have drifted apart."""
+        if not self.dist.enabled:
+            return
+        sums = ddp.gather_floats(ddp.state_checksum(self.model), self.dist)
+        row["world_size"] = self.dist.world_size
+        row["rank_checksums"] = sums
+        if any(s != sums[0] for s in sums):
+            raise RuntimeError(f"DDP ranks hold different models after epoch {row['epoch']}: checksums {sums}")
 
     def _train_epoch(self, epoch: int, step: int) -> int:
         cfg = self.cfg
@@ -172,7 +199,8 @@ class Trainer:
         self.train_loader.set_epoch(epoch)
         skip = step - epoch * self.steps_per_epoch  # batches already done before a mid-epoch kill
         tot_loss, tot_correct, tot_n, t0 = 0.0, 0, 0, time.perf_counter()
-        bar = tqdm(self.train_loader, total=self.steps_per_epoch, disable=None if cfg.progress else True, leave=False,
+        show = cfg.progress and self.dist.is_main
+        bar = tqdm(self.train_loader, total=self.steps_per_epoch, disable=None if show else True, leave=False,
                    desc=f"{cfg.name} ep {epoch + 1}/{cfg.epochs}", dynamic_ncols=True)
         for i, (x, y) in enumerate(bar):
             if i < skip:
@@ -204,7 +232,8 @@ class Trainer:
             tot_correct += int((logits.argmax(1) == y).sum())
             tot_n += n
             bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}", acc=f"{100 * tot_correct / tot_n:.1f}")
-            if cfg.ckpt_every_steps and step % cfg.ckpt_every_steps == 0 and i + 1 < self.steps_per_epoch:
+            if (cfg.ckpt_every_steps and step % cfg.ckpt_every_steps == 0 and i + 1 < self.steps_per_epoch
+                    and self.dist.is_main):
                 save_checkpoint(self._state(step), self.out / CHECKPOINT)
         self._epoch_stats = {"train_loss": tot_loss / max(tot_n, 1), "train_top1": 100 * tot_correct / max(tot_n, 1),
                              "lr": self.opts[0].param_groups[0]["lr"], "epoch_time_s": time.perf_counter() - t0}
@@ -218,7 +247,7 @@ class Trainer:
             if new:
                 w.writeheader()
             w.writerow(row)
-        if self.cfg.progress:
+        if self.cfg.progress and self.dist.is_main:
             tqdm.write(f"[{self.cfg.name}] epoch {row['epoch']}: loss {row['train_loss']:.3f} "
                        f"train {row['train_top1']:.2f}% test {row['test_top1']:.2f}%")
 
