@@ -37,10 +37,10 @@ def test_prepare_swaps_every_layer_and_trains(factory):
     mid = layers[names[1]]
     assert mid.weight_quantizer.method == "lsq" and mid.weight_quantizer.bits == 2
     assert not mid.act_quantizer.signed  # post-ReLU input
-    assert all(bool(qz.initialized) for _, qz in nuq.quantizers(q))
+    assert all(bool(qz.initialized) for _, qz in nuq.named_quantizers(q))
     out = q(torch.randn(4, 1, 28, 28))
     out.sum().backward()
-    assert all(p.grad is not None for _, qz in nuq.quantizers(q) for p in qz.parameters())
+    assert all(p.grad is not None for _, qz in nuq.named_quantizers(q) for p in qz.parameters())
 
 
 def test_prepared_layer_equals_manual_fake_quant():

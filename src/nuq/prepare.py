@@ -36,7 +36,7 @@ def quant_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, m
 
 
-def quantizers(model: nn.Module) -> Iterator[tuple[str, Quantizer]]:
+def named_quantizers(model: nn.Module) -> Iterator[tuple[str, Quantizer]]:
     """(name, quantizer) of every quantizer in the model."""
     for name, m in model.named_modules():
         if isinstance(m, Quantizer):
@@ -45,7 +45,7 @@ def quantizers(model: nn.Module) -> Iterator[tuple[str, Quantizer]]:
 
 def quantizer_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Parameters owned by quantizers (their own optimiser group)."""
-    return [p for _, q in quantizers(model) for p in q.parameters(recurse=False)]
+    return [p for _, q in named_quantizers(model) for p in q.parameters(recurse=False)]
 
 
 def _float_targets(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -189,7 +189,7 @@ def broadcast_quantizers(model: nn.Module) -> None:
     """Under torch.distributed, copy rank 0's quantizer parameters and buffers to all ranks."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
-    for _, q in quantizers(model):
+    for _, q in named_quantizers(model):
         for t in list(q.parameters(recurse=False)) + list(q.buffers(recurse=False)):
             torch.distributed.broadcast(t.data, src=0)
         q._init_done = bool(q.initialized)

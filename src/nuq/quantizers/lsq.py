@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import STEP_FLOOR, Quantizer, compute_dtype, reduce_to_param, register_quantizer
+from .base import STEP_FLOOR, Quantizer, compute_dtype, register_quantizer
 from .init import absmax, lsq_step, mse_search
 
 
@@ -29,29 +29,51 @@ def lsq_fake_quant(x: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:
     return (x / step).clamp_(-qn, qp).round_().mul_(step)
 
 
+def fused_fake_quant(x: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:
+    """round(clip(x/s, -Qn, Qp)) * s in one fused pass (PyTorch's fake-quant kernel;
+    clamping after rounding is the same thing for integer bounds). step: () or [C]."""
+    if step.dim() == 0:
+        zp = torch.zeros((), dtype=torch.int32, device=x.device)
+        return torch.fake_quantize_per_tensor_affine(x, step.to(torch.float32), zp, -qn, qp)
+    zp = torch.zeros(step.shape, dtype=torch.int32, device=x.device)
+    return torch.fake_quantize_per_channel_affine(x, step.to(torch.float32), zp, 0, -qn, qp)
+
+
+def _dot(a: Tensor, b: Tensor, per_channel: bool) -> Tensor:
+    """sum(a*b) per tensor, or per channel (axis 0), without a full-size temporary."""
+    if not per_channel:
+        return torch.dot(a.reshape(-1), b.reshape(-1))
+    a2, b2 = a.reshape(a.shape[0], 1, -1), b.reshape(b.shape[0], -1, 1)
+    return torch.bmm(a2, b2).reshape(-1)
+
+
 class _LSQFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, step: Tensor, qn: int, qp: int, gscale: float, per_channel: bool) -> Tensor:  # type: ignore[override]
-        s = step.view((-1,) + (1,) * (x.dim() - 1)) if per_channel else step
+    def forward(ctx, x: Tensor, step: Tensor, qn: int, qp: int, gscale: float) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, step)
-        ctx.qn, ctx.qp, ctx.gscale, ctx.per_channel = qn, qp, gscale, per_channel
+        ctx.qn, ctx.qp, ctx.gscale = qn, qp, gscale
+        if x.dtype == torch.float32 and step.dtype == torch.float32:
+            return fused_fake_quant(x, step, qn, qp)
         ct = compute_dtype(x)
+        s = step.view((-1,) + (1,) * (x.dim() - 1)) if step.dim() else step
         return lsq_fake_quant(x.to(ct), s.to(ct), qn, qp).to(x.dtype)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         x, step = ctx.saved_tensors
         qn, qp = ctx.qn, ctx.qp
-        s = step.view((-1,) + (1,) * (x.dim() - 1)) if ctx.per_channel else step
+        per_channel = step.dim() == 1
         ct = compute_dtype(x)
+        s = step.view((-1,) + (1,) * (x.dim() - 1)) if per_channel else step
         v = x.to(ct) / s.to(ct)
-        inside = (v > -qn) & (v <= qp)
+        c = v.clamp(-qn, qp)
+        # inside <=> not clipped: -Qn < v <= Qp (the lower edge counts as clipped, Eq. 4)
+        inside = (c == v) & (v != -qn)
+        grad_x = g * inside
+        # Eq. 4 summed over elements: sum g*round(c) - sum g*v*1[inside] = <g, round(c)> - <grad_x, c>
         g32 = g.to(ct)
-        grad_x = torch.where(inside, g, torch.zeros((), dtype=g.dtype, device=g.device))
-        # Eq. 4: Q/s - (x/s)*1[inside]; Q/s is round(clip(v)).
-        dq_ds = v.clamp(-qn, qp).round_().sub_(torch.where(inside, v, torch.zeros((), device=v.device)))
-        grad_s = reduce_to_param(dq_ds.mul_(g32), step) * ctx.gscale
-        return grad_x, grad_s.to(step.dtype), None, None, None, None
+        grad_s = _dot(g32, c.round(), per_channel) - _dot(grad_x.to(ct), c, per_channel)
+        return grad_x, (grad_s * ctx.gscale).to(step.dtype), None, None, None
 
 
 @register_quantizer("lsq")
@@ -70,9 +92,7 @@ class LSQQuantizer(Quantizer):
         return self.step.clamp_min(STEP_FLOOR)
 
     def quantize(self, x: Tensor) -> Tensor:
-        return _LSQFunction.apply(
-            x, self.effective_step(), self.qn, self.qp, self.grad_scale_factor(x), self.step.dim() == 1
-        )
+        return _LSQFunction.apply(x, self.effective_step(), self.qn, self.qp, self.grad_scale_factor(x))
 
     def levels(self) -> Tensor:
         grid = torch.arange(-self.qn, self.qp + 1, device=self.step.device, dtype=self.step.dtype)
@@ -81,9 +101,9 @@ class LSQQuantizer(Quantizer):
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
-        ct = compute_dtype(x)
-        s = self.channel_view(self.effective_step(), x).to(ct)
-        code = (x.to(ct) / s).clamp_(-self.qn, self.qp).round_().add_(self.qn)
+        # from the forward output, so codes agree with forward() bit for bit
+        s = self.channel_view(self.effective_step(), x)
+        code = (self.quantize(x).to(compute_dtype(x)) / s).round_().add_(self.qn)
         return code.to(self.code_dtype)
 
     def _initialize(self, x: Tensor, method: str) -> None:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..models import create_model
-from ..prepare import prepare, quantizers, signed_inputs
+from ..prepare import named_quantizers, prepare, signed_inputs
 from ..qconfig import QATConfig
 from .checkpoint import load_checkpoint
 from .config import RunConfig, config_from_dict
@@ -76,8 +76,8 @@ def build_model(cfg: RunConfig, num_classes: int, in_channels: int, calib: Itera
 
 def inherit_quantizers(model: nn.Module, source: nn.Module) -> None:
     """Initialise each quantizer from the same-named quantizer of ``source``."""
-    src = dict(quantizers(source))
-    for name, q in quantizers(model):
+    src = dict(named_quantizers(source))
+    for name, q in named_quantizers(model):
         if name not in src:
             raise ValueError(f"init_from run has no quantizer {name!r} to initialise from")
         q.inherit(src[name].to(q.initialized.device))
