@@ -1,15 +1,25 @@
-"""Every shipped YAML recipe loads and validates."""
+"""Every shipped YAML recipe loads and validates (run configs and comparison grids)."""
 
 from pathlib import Path
 
 import pytest
 
+from nuq.compare import cell_configs, float_config, load_grid
 from nuq.train.config import load_config
 
-CONFIGS = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
+ROOT = Path(__file__).parent.parent / "configs"
+RUNS = sorted(ROOT.glob("*.yaml"))
+GRIDS = sorted((ROOT / "compare").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_config_loads(path):
+@pytest.mark.parametrize("path", RUNS, ids=lambda p: p.name)
+def test_run_config_loads(path):
     cfg = load_config(path)
     assert cfg.name and cfg.epochs >= 1
+
+
+@pytest.mark.parametrize("path", GRIDS, ids=lambda p: p.name)
+def test_grid_config_validates_every_cell(path):
+    grid = load_grid(path)
+    assert float_config(grid).qat is None
+    assert len(cell_configs(grid)) == len(grid.methods) * len(grid.bits) * len(grid.seeds)
