@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .cifar import cifar10, cifar100
 from .fashion_mnist import fashion_mnist
 from .tensor_data import TensorDataset
 
-_DATASETS: dict[str, Callable[..., TensorDataset]] = {"fashion_mnist": fashion_mnist}
+_DATASETS: dict[str, Callable[..., TensorDataset]] = {
+    "fashion_mnist": fashion_mnist,
+    "cifar10": cifar10,
+    "cifar100": cifar100,
+}
 
 
 def register_dataset(name: str, fn: Callable[..., TensorDataset]) -> None:
