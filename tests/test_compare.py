@@ -32,6 +32,8 @@ def test_grid_runs_and_resumes(tmp_path):
                       methods={"lsq": {"qat": {"weight": "lsq", "act": "lsq"}}})
     rows = run_grid(grid)
     assert len(rows) == 3 and (tmp_path / "results.md").is_file() and (tmp_path / "results.csv").is_file()
+    for png in ("accuracy_vs_bits", "training_curves", "quantizers_lsq", "entropy_act", "entropy_weight"):
+        assert (tmp_path / f"{png}.png").stat().st_size > 1000, png
     assert all(r["top1"] > 40 for r in rows)  # chance is 10%
     mtime = (tmp_path / "lsq_w2a2_s1" / "checkpoint.pt").stat().st_mtime
     assert run_grid(grid) == rows  # finished cells are read, not retrained

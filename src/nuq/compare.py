@@ -99,7 +99,39 @@ def run_grid(grid: GridConfig) -> list[dict[str, Any]]:
                      "top5": final["test_top5"]})
         write_results(grid, rows)
     write_results(grid, rows)
+    make_plots(grid, cells, rows)
     return rows
+
+
+def make_plots(grid: GridConfig, cells: list[tuple[str, int, int, RunConfig]], rows: list[dict[str, Any]]) -> None:
+    """accuracy_vs_bits.png, training_curves.png, entropy_{act,weight}.png and one
+    quantizers_<method>.png (transfer functions, histograms, levels) in ``out_dir``."""
+    from .analysis import plots
+    from .analysis.entropy import layer_entropies
+    from .data import TensorLoader, load_dataset
+    from .train.build import rebuild
+    from .train.checkpoint import load_checkpoint
+
+    out = Path(grid.out_dir)
+    plots.accuracy_vs_bits(rows, out / "accuracy_vs_bits.png")
+    low, seed = min(grid.bits), grid.seeds[0]
+    shown = [(m, c) for m, b, s, c in cells if b == low and s == seed]
+    plots.training_curves({"float": str(out / "float"), **{f"{m} W{low}A{low}": c.out_dir for m, c in shown}},
+                          out / "training_curves.png")
+    if not shown:
+        return
+    d = shown[0][1].data
+    test = load_dataset(d.name, d.data_dir, train=False).subset(512, seed=0)
+    batches = list(TensorLoader(test, 128, train=False))
+    ent = {}
+    for m, c in shown:
+        ckpt = load_checkpoint(c.out_dir)
+        model, _ = rebuild(ckpt, ckpt["num_classes"], ckpt["in_channels"])
+        plots.quantizer_panels(model, batches, out / f"quantizers_{m}.png")
+        ent[m] = layer_entropies(model, batches)
+    plots.entropy_by_layer(ent, out / "entropy_act.png", key="a_entropy")
+    plots.entropy_by_layer(ent, out / "entropy_weight.png", key="w_entropy")
+    (out / "entropy.json").write_text(json.dumps(ent, indent=1))
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[tuple[str, int], tuple[float, float, int]]:

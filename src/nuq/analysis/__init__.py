@@ -1,0 +1,2 @@
+"""Analysis of quantized models: operation counts, model size, quantization error
+(``accounting``)."""
