@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,7 @@ class Trainer:
         if self.cfg.progress and self.dist.is_main:
             tqdm.write(f"[{self.cfg.name}] epoch {row['epoch']}: loss {row['train_loss']:.3f} "
                        f"train {row['train_top1']:.2f}% test {row['test_top1']:.2f}%")
+            sys.stdout.flush()  # epoch lines show up promptly in redirected logs
 
 
 def train(cfg: RunConfig) -> dict[str, Any]:
