@@ -162,7 +162,7 @@ class Quantizer(nn.Module):
         if not self._init_done and self.training:
             # LSQ-style lazy initialisation from the first batch, for users who skip
             # calibration; prepare(calib=...) initialises explicitly instead.
-            self.initialize(x.detach())
+            self.initialize(x.detach(), method=self.init_methods[0])
         return self.quantize(x)
 
     def quantize(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
@@ -239,11 +239,12 @@ class Quantizer(nn.Module):
         (nuLSQ, N2UQ) override this."""
         if type(other) is not type(self):
             raise ValueError(f"cannot inherit a {type(self).__name__} from a {type(other).__name__}")
-        mine = dict(self.named_parameters(recurse=False)) | dict(self.named_buffers(recurse=False))
-        theirs = dict(other.named_parameters(recurse=False)) | dict(other.named_buffers(recurse=False))
+        # only what a checkpoint holds: non-persistent buffers (level tables) depend on bits
+        mine = {k: v for k, v in self.state_dict(keep_vars=True).items() if "." not in k}
+        theirs = {k: v for k, v in other.state_dict(keep_vars=True).items() if "." not in k}
         for name, t in mine.items():
             if name in theirs and theirs[name].shape == t.shape:
-                t.copy_(theirs[name])
+                t.data.copy_(theirs[name].data)
             elif name != "initialized":
                 got = tuple(theirs[name].shape) if name in theirs else "missing"
                 raise ValueError(f"cannot inherit {name!r}: shape {tuple(t.shape)} here, {got} in the source")

@@ -9,8 +9,11 @@ tensor, normalised so that the largest level is 1 (the quantizer multiplies by i
 threshold alpha). All three sets contain 0 and have exactly 2^bits distinct levels:
 
 * ``uniform_levels`` -- Eq. 2:  {0, 1/(2^b-1), 2/(2^b-1), ..., 1}.
-* ``pot_levels``     -- Eq. 3:  {0, 2^-(2^b-2), ..., 2^-1, 1}.  The smallest level is tiny:
-  2^-254 at b=8, below float32 range (float32 tables hold it as 0; float64 is exact).
+* ``pot_levels``     -- Eq. 3:  {0, 2^-(2^b-2), ..., 2^-1, 1}.  Eq. 3 as printed gives a
+  signed b-bit set 2^(b-1) positive powers (2^b + 1 levels, one more than b bits address);
+  we keep 2^b codes per unsigned set, as the authors' code does, so a signed b-bit PoT set
+  is {0, +-2^-(2^(b-1)-2), ..., +-1}. The smallest level is tiny: 2^-254 at b=8, below
+  float32 range (float32 tables hold it as 0; float64 is exact).
 * ``apot_levels``    -- Eq. 5 (b = k*n): gamma * {sum_{i<n} p_i}, p_i in {0, 2^-i, 2^-(i+n),
   ..., 2^-(i+(2^k-2)n)}; Eq. 6 (k = 2, b = 2n+1 odd): n terms p_i in {0, 2^-i, 2^-(i+n),
   2^-(i+2n+1)} plus one two-valued term p~ in {0, 2^-2n}. gamma normalises the maximum to 1.
