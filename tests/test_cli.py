@@ -25,6 +25,10 @@ def test_demo_quick_prints_table(tmp_path, capsys):
     assert main(["demo", "--quick", "--out-dir", str(tmp_path), "--methods", "lsq"]) == 0
     out = capsys.readouterr().out
     assert "| float | float |" in out and "W2A2 lsq/lsq" in out
+    assert main(["analyze", str(tmp_path / "lsq_w2a2")]) == 0
+    out = capsys.readouterr().out
+    assert "smaller" in out and "layers.0.conv1" in out
+    assert (tmp_path / "lsq_w2a2" / "analysis" / "quantizers.png").is_file()
 
 
 def test_unknown_key_is_reported(tmp_path, capsys):

@@ -4,6 +4,7 @@
     nuq eval runs/NAME
     nuq demo
     nuq compare --config configs/compare/fmnist_nulsq_vs_lsq.yaml
+    nuq export runs/NAME --format packed|onnx [--out PATH]
     nuq list
 """
 
@@ -44,6 +45,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from .analyze_run import analyze_run, format_analysis
+
+    print(format_analysis(analyze_run(args.run_dir, data_dir=args.data_dir)))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -57,6 +65,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     rows = run_grid(load_grid(args.config, args.set))
     print()
     print(markdown_table(rows))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export.run import export_run
+
+    r = export_run(args.run_dir, args.format, out=args.out, data_dir=args.data_dir, image_size=args.image_size)
+    print(f"{r['path']}: {args.format} {r['bytes']} bytes vs float32 {r['float32_bytes']} bytes "
+          f"({r['ratio']:.2f}x smaller)")
+    if "max_abs_diff" in r:
+        print(f"ONNX Runtime vs PyTorch on the example batch: max abs difference {r['max_abs_diff']:.3g}")
     return 0
 
 
@@ -89,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.set_defaults(fn=_cmd_eval)
 
+    a = sub.add_parser("analyze", help="size, FixOPs/BitOPs, entropy, quantization error and plots of a run")
+    a.add_argument("run_dir")
+    a.add_argument("--data-dir")
+    a.set_defaults(fn=_cmd_analyze)
+
     d = sub.add_parser("demo", help="short real run: float ResNet-20 on Fashion-MNIST, then W2A2 QAT; prints a table")
     d.add_argument("--out-dir", default="runs/demo")
     d.add_argument("--data-dir")
@@ -100,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", "-c", required=True, help="grid YAML (see configs/compare/)")
     c.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override a grid key (repeatable)")
     c.set_defaults(fn=_cmd_compare)
+
+    x = sub.add_parser("export", help="write a run's quantized model as a packed low-bit file or ONNX")
+    x.add_argument("run_dir")
+    x.add_argument("--format", "-f", choices=("packed", "onnx"), default="packed")
+    x.add_argument("--out", "-o", help="output file (default: RUN_DIR/model.nuqpack or RUN_DIR/model.onnx)")
+    x.add_argument("--data-dir", help="dataset directory, for the ONNX example batch")
+    x.add_argument("--image-size", type=int, help="ONNX: trace with noise of this size instead of test images")
+    x.set_defaults(fn=_cmd_export)
 
     sub.add_parser("list", help="registered quantizers, models and datasets").set_defaults(fn=_cmd_list)
     return p

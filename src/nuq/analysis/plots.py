@@ -102,6 +102,8 @@ def quantizer_panels(model: nn.Module, batches: Iterable[Tensor], path: str | Pa
     histogram, and the weight histogram with the weight levels marked."""
     inputs = _layer_inputs(model, batches, max_batches)
     layers = [(n, m) for n, m in quant_layers(model)][:max_layers]
+    if not layers:
+        raise ValueError("model has no quantized layer to plot (was it prepared?)")
     fig, axes = plt.subplots(len(layers), 2, figsize=(9, 2.4 * len(layers)), squeeze=False)
     for (name, layer), (ax_a, ax_w) in zip(layers, axes):
         aq, wq = layer.act_quantizer, layer.weight_quantizer
