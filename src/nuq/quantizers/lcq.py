@@ -1,0 +1,219 @@
+"""LCQ: Learnable Companding Quantization (Yamamoto, CVPR 2021), settings of the nuLSQ
+supplement C-III (K = 16 intervals, alpha initialised to 3.0 for weights and 8.0 for
+activations, companding parameters to 0 = uniform).
+
+Forward. A clipping threshold ``alpha`` and a compressing function f: [0, 1] -> [0, 1],
+piecewise linear on K equal input intervals [k/K, (k+1)/K) whose output lengths are
+gamma = softmax(``theta``) (so f is monotone, f(0) = 0, f(1) = 1; theta = 0 gives f = id).
+With D_k = gamma_0 + ... + gamma_{k-1}::
+
+    f(u)      = D_k + gamma_k (K u - k)                 u in [k/K, (k+1)/K)
+    f^-1(z)   = (j + (z - D_j) / gamma_j) / K           z in [D_j, D_{j+1})
+    Q(x)      = alpha * s * f^-1( round(n f(u)) / n ),   u = clip(|x| / alpha, 0, 1)
+
+unsigned (activations): s = 1, |x| -> x (negative inputs clip to 0), n = 2^b - 1;
+signed (weights): s = sign(x), n = 2^(b-1) - 1, a symmetric grid with 2^b - 1 levels
+(the 2-bit weights are {-alpha, 0, alpha}, as in the supplement's "LCQ type"). The levels
+alpha * f^-1(c / n), c = 0..n, are what ``levels()`` returns (mirrored when signed).
+
+Backward: uniform quantization in the companded domain with the STE, d round / dz = 1,
+and exact derivatives through f, f^-1 and the clipping (the LCQ formulation). Inside the
+clipping range, with k the input interval of u, c the code and j the interval of c/n::
+
+    dQ/dx      = gamma_k / gamma_j                          (slope of f over slope of f^-1)
+    dQ/dalpha  = s f^-1(c/n) - (x / alpha) gamma_k / gamma_j   (s * 1 when clipped above)
+    dQ/dgamma_i = alpha s / (K gamma_j) * ([i < k] + [i = k] r_u - [i < j] - [i = j] r_z)
+    dQ/dtheta  = softmax Jacobian applied to dQ/dgamma
+
+with r_u = K u - k and r_z = (c/n - D_j) / gamma_j the fractions inside the intervals.
+Clipped elements give dQ/dx = 0 and dQ/dgamma = 0 (f(1) = 1 for every theta).
+
+One pass each way, no bucketize: the input intervals are uniform, so the interval is
+floor(K |x| / alpha). The forward saves one int16 key per element, key = (sign,
+interval or clipped, code); the backward gathers dQ/dx from a table over keys and reduces
+g and g*x per key with ``index_add_``; everything else is [K x (n+1)]-sized arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .base import STEP_FLOOR, Quantizer, compute_dtype, register_quantizer
+from .init import absmax, mse_search
+from .lsq import lsq_fake_quant
+
+#: floor on gamma_j where it divides (the expanding slope), so an interval squeezed to
+#: zero by an extreme theta gives a large but finite gradient instead of inf/NaN
+GAMMA_FLOOR = 1e-12
+
+
+def lcq_code_tables(theta: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(gamma, D, j, rho, level) for the codes c = 0..n: gamma = softmax(theta), D the
+    K+1 output breakpoints of f, j the interval of c/n, rho its fraction inside it,
+    level = f^-1(c/n) (exactly 0 and 1 at the ends)."""
+    k = theta.numel()
+    gamma = torch.softmax(theta, 0)
+    d = torch.cat([gamma.new_zeros(1), torch.cumsum(gamma, 0)])
+    zq = torch.arange(n + 1, dtype=theta.dtype, device=theta.device) / n
+    j = torch.bucketize(zq, d[1:k].contiguous(), right=True)
+    rho = (zq - d[j]) / gamma[j].clamp_min(GAMMA_FLOOR)
+    level = (j + rho) / k
+    level = torch.cat([level[:1] * 0, level[1:-1], level.new_ones(1)])
+    return gamma, d, j, rho, level
+
+
+class _LCQFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: Tensor, theta: Tensor, n: int, signed: bool, gscale: float) -> Tensor:  # type: ignore[override]
+        ct = compute_dtype(x)
+        k = theta.numel()
+        a = alpha.to(ct)
+        gamma, d, _, _, level = lcq_code_tables(theta.to(ct), n)
+        # n f(u) = A + B t1 on t1 = K u + 1 in [0, K + 1], indexed by kk = floor(t1) = interval + 1
+        # (kk = 0: clipped below 0, kk = K + 1: clipped above 1, both with B = 0)
+        ks = torch.arange(1, k + 1, dtype=ct, device=x.device)
+        zero = gamma.new_zeros(1)
+        tab_a = torch.cat([zero, n * (d[:-1] - gamma * ks), zero + n])
+        tab_b = torch.cat([zero, n * gamma, zero])
+        nb1 = (k + 2) * (n + 1)
+        out = (a * level).repeat(k + 2)
+        if signed:
+            out = torch.cat([out, -out])
+
+        # Two full-size work buffers plus the output: on CPU every fresh large allocation
+        # costs page faults, so the chain runs in place and reuses buffers via out=.
+        xf = x.to(ct).reshape(-1)
+        one = a.new_ones(())
+        if signed:
+            buf = xf.abs()
+            torch.addcmul(one, buf, k / a, out=buf)  # t1 = K u + 1 before clipping
+        else:
+            buf = torch.addcmul(one, xf, k / a)
+        buf.clamp_(0, k + 1)
+        kk = buf.to(torch.int32)  # truncation == floor on >= 0
+        y = torch.empty_like(buf)
+        buf.mul_(torch.index_select(tab_b, 0, kk, out=y))
+        buf.add_(torch.index_select(tab_a, 0, kk, out=y)).round_()  # n f(u) rounded: the code c
+        buf.add_(kk, alpha=n + 1)  # key = kk * (n + 1) + c (+ nb1 for negative inputs)
+        if signed:
+            buf.add_(xf < 0, alpha=nb1)
+        key = kk.copy_(buf)
+        del buf
+        torch.index_select(out, 0, key, out=y)
+        y = y.view(x.shape).to(x.dtype)
+        nbins = nb1 * (2 if signed else 1)
+        ctx.save_for_backward(x, key.to(torch.int16 if nbins <= 2**15 else torch.int32), alpha, theta)
+        ctx.n, ctx.signed, ctx.gscale = n, signed, gscale
+        return y
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        x, key, alpha, theta = ctx.saved_tensors
+        n, signed = ctx.n, ctx.signed
+        ct = compute_dtype(x)
+        k = theta.numel()
+        a = alpha.to(ct)
+        gamma, _, jc, rho, level = lcq_code_tables(theta.to(ct), n)
+        iota = 1.0 / (k * gamma[jc].clamp_min(GAMMA_FLOOR))  # [n+1]: slope of f^-1 at code c
+        zero_row = gamma.new_zeros(1, n + 1)
+        slope = torch.cat([zero_row, (k * gamma)[:, None] * iota[None, :], zero_row])  # [K+2, n+1]
+        sides = 2 if signed else 1
+
+        keyl = key.reshape(-1).to(torch.int32)
+        gf = g.reshape(-1).to(ct)
+        table = slope.reshape(-1).repeat(sides)
+        need_params = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        buf = None
+        if need_params:
+            nbins = sides * (k + 2) * (n + 1)
+            sum_g = torch.zeros(nbins, dtype=ct, device=x.device).index_add_(0, keyl, gf)
+            buf = gf * x.reshape(-1).to(ct)
+            sum_gx = torch.zeros(nbins, dtype=ct, device=x.device).index_add_(0, keyl, buf)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            # dQ/dx gathered per key, written into the g*x buffer when it exists (one allocation less)
+            grad_x = torch.index_select(table, 0, keyl, out=buf) if buf is not None else table.index_select(0, keyl)
+            grad_x = grad_x.mul_(gf).view(g.shape).to(g.dtype)
+        if not need_params:
+            return grad_x, None, None, None, None, None
+
+        sum_g = sum_g.view(sides, k + 2, n + 1)
+        sign = torch.tensor([1.0, -1.0][:sides], dtype=ct, device=x.device).view(sides, 1, 1)
+        gs = (sign * sum_g).sum(0)  # sum of g * s per (interval, code)
+        gx = sum_gx.view(sides, k + 2, n + 1).sum(0)  # sum of g * x (= g * s * |x|)
+
+        gscale = ctx.gscale
+        # dQ/dalpha = s f^-1(c/n) - (x/alpha) dQ/dx
+        grad_a = ((gs * level).sum() - (slope * gx).sum() / a) * gscale
+
+        # dQ/dgamma: sums over elements inside the clipping range (rows 1..K)
+        gi, xi = gs[1:-1], gx[1:-1]
+        ks = torch.arange(k, dtype=ct, device=x.device)[:, None]
+        p = a * iota * gi  # sum of g alpha s / (K gamma_j)
+        q = iota * (k * xi - a * ks * gi)  # ... times r_u = K u - k
+        p_k, q_k, p_c = p.sum(1), q.sum(1), p.sum(0)
+        p_j = torch.zeros(k, dtype=ct, device=x.device).index_add_(0, jc, p_c)
+        pr_j = torch.zeros(k, dtype=ct, device=x.device).index_add_(0, jc, p_c * rho)
+
+        def later(v: Tensor) -> Tensor:  # sum over indices > i
+            return v.flip(0).cumsum(0).flip(0) - v
+
+        d_gamma = later(p_k) + q_k - later(p_j) - pr_j
+        grad_t = gamma * (d_gamma - (gamma * d_gamma).sum()) * gscale
+        return grad_x, grad_a.to(alpha.dtype), grad_t.to(theta.dtype), None, None, None
+
+
+@register_quantizer("lcq")
+class LCQQuantizer(Quantizer):
+    """Non-uniform quantizer: uniform grid in the domain of a learned piecewise-linear
+    compander with K intervals, plus a learned clipping threshold."""
+
+    init_methods = ("const", "lsq", "mse")
+
+    def __init__(self, bits: int = 4, signed: bool = False, intervals: int = 16, **kwargs) -> None:
+        super().__init__(bits=bits, signed=signed, **kwargs)
+        if isinstance(intervals, bool) or not isinstance(intervals, int) or not 1 <= intervals <= 1024:
+            raise ValueError(f"intervals={intervals!r}; allowed: an int in 1..1024")
+        self.intervals = intervals
+        self.alpha = nn.Parameter(torch.tensor(self.const_alpha))
+        self.theta = nn.Parameter(torch.zeros(intervals))
+
+    @property
+    def const_alpha(self) -> float:
+        """Initial clipping threshold of the supplement: 3.0 weights, 8.0 activations."""
+        return 3.0 if self.signed else 8.0
+
+    @property
+    def n(self) -> int:
+        """Number of steps of the uniform grid in the companded domain (per side if signed)."""
+        return self.qp
+
+    def effective_alpha(self) -> Tensor:
+        return self.alpha.clamp_min(STEP_FLOOR)
+
+    def quantize(self, x: Tensor) -> Tensor:
+        return _LCQFunction.apply(x, self.effective_alpha(), self.theta, self.n, self.signed,
+                                  self.grad_scale_factor(x))
+
+    def levels(self) -> Tensor:
+        a = self.effective_alpha().detach()
+        pos = a * lcq_code_tables(self.theta.detach().to(a.dtype), self.n)[4]
+        return torch.cat([-pos[1:].flip(0), pos]) if self.signed else pos
+
+    def _initialize(self, x: Tensor, method: str) -> None:
+        self.theta.data.zero_()
+        n = self.n
+        if method == "const":
+            a = torch.tensor(self.const_alpha)
+        elif method == "lsq":
+            a = 2 * math.sqrt(n) * x.abs().mean()
+        else:
+            qn = n if self.signed else 0
+            a = mse_search(x, lambda v, sc: lsq_fake_quant(v, sc / n, qn, n), absmax(x, False), False)
+        self.alpha.data.copy_(a.clamp_min(1e-6).to(self.alpha))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", intervals={self.intervals}"
