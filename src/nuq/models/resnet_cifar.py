@@ -3,13 +3,38 @@ w, 2w, 4w (w = 16), depth 6n+2. Post-activation (original) and pre-activation
 (He et al., "Identity Mappings", 2016) variants; the shortcut across a change of shape
 is a 1x1 convolution + BN (option B), the layer the papers keep at higher precision or
 float in some tables (``QATConfig.quantize_downsample``).
+
+``activation="prelu"|"rrelu"`` and ``learnable_bias=True`` give the block structure N2UQ
+trains with (Sec. 4.1: a learnable per-channel bias and PReLU/RReLU in front of each
+quantized convolution).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .registry import register_model
+
+ACTIVATIONS = ("relu", "prelu", "rrelu")
+
+
+class LearnableBias(nn.Module):
+    """x + b with a learned per-channel b (shifts the input of the next quantizer)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.bias
+
+
+def make_activation(kind: str, channels: int, learnable_bias: bool) -> nn.Module:
+    if kind not in ACTIVATIONS:
+        raise ValueError(f"activation={kind!r}; allowed: {', '.join(ACTIVATIONS)}")
+    act = {"relu": nn.ReLU, "prelu": lambda: nn.PReLU(channels), "rrelu": nn.RReLU}[kind]()
+    return nn.Sequential(LearnableBias(channels), act) if learnable_bias else act
 
 
 def _shortcut(cin: int, cout: int, stride: int, bn: bool) -> nn.Module | None:
@@ -24,43 +49,47 @@ def _shortcut(cin: int, cout: int, stride: int, bn: bool) -> nn.Module | None:
 class BasicBlock(nn.Module):
     """conv-BN-ReLU-conv-BN, + shortcut, ReLU."""
 
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, activation: str = "relu",
+                 learnable_bias: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU()
+        self.act1 = make_activation(activation, cout, learnable_bias)
+        self.act2 = make_activation(activation, cout, learnable_bias)
         self.shortcut = _shortcut(cin, cout, stride, bn=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.act1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + (x if self.shortcut is None else self.shortcut(x)))
+        return self.act2(out + (x if self.shortcut is None else self.shortcut(x)))
 
 
 class PreActBlock(nn.Module):
     """BN-ReLU-conv-BN-ReLU-conv, + shortcut taken from the activated input."""
 
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, activation: str = "relu",
+                 learnable_bias: bool = False) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(cin)
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.relu = nn.ReLU()
+        self.act1 = make_activation(activation, cin, learnable_bias)
+        self.act2 = make_activation(activation, cout, learnable_bias)
         self.shortcut = _shortcut(cin, cout, stride, bn=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        a = self.relu(self.bn1(x))
+        a = self.act1(self.bn1(x))
         out = self.conv1(a)
-        out = self.conv2(self.relu(self.bn2(out)))
+        out = self.conv2(self.act2(self.bn2(out)))
         return out + (x if self.shortcut is None else self.shortcut(a))
 
 
 class CifarResNet(nn.Module):
     def __init__(self, depth: int, num_classes: int, in_channels: int, width: int = 16,
-                 preact: bool = False) -> None:
+                 preact: bool = False, activation: str = "relu", learnable_bias: bool = False) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f"depth={depth}; allowed: 6n+2 with n >= 1 (20, 32, 44, 56, 110)")
@@ -74,7 +103,7 @@ class CifarResNet(nn.Module):
         layers, cin = [], width
         for i, cout in enumerate((width, 2 * width, 4 * width)):
             for j in range(n):
-                layers.append(block(cin, cout, 2 if (i > 0 and j == 0) else 1))
+                layers.append(block(cin, cout, 2 if (i > 0 and j == 0) else 1, activation, learnable_bias))
                 cin = cout
         self.layers = nn.Sequential(*layers)
         # pre-activation nets end with BN-ReLU before pooling
@@ -94,8 +123,10 @@ class CifarResNet(nn.Module):
 
 
 def _factory(depth: int, preact: bool):
-    def make(num_classes: int = 10, in_channels: int = 3, width: int = 16) -> nn.Module:
-        return CifarResNet(depth, num_classes, in_channels, width=width, preact=preact)
+    def make(num_classes: int = 10, in_channels: int = 3, width: int = 16, activation: str = "relu",
+             learnable_bias: bool = False) -> nn.Module:
+        return CifarResNet(depth, num_classes, in_channels, width=width, preact=preact, activation=activation,
+                           learnable_bias=learnable_bias)
 
     make.__doc__ = f"{'Pre-activation ' if preact else ''}CIFAR ResNet-{depth}."
     return make
