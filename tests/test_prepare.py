@@ -106,3 +106,24 @@ def test_nan_calibration_batch_is_rejected():
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         nuq.prepare(mlp(), nuq.QATConfig(), calib=[bad])
+
+
+def test_auto_weight_transform_follows_the_paper():
+    layers = dict(nuq.quant_layers(nuq.prepare(mlp(), nuq.QATConfig(weight="apot", act="apot", w_bits=3, a_bits=3))))
+    names = list(layers)
+    assert type(layers[names[1]].weight_transform).__name__ == "APoTWeightNorm"
+    assert layers[names[0]].weight_transform is None  # 8-bit first layer
+    q = nuq.prepare(mlp(), nuq.QATConfig(weight="lsq", weight_transform="auto"))
+    assert all(m.weight_transform is None for _, m in nuq.quant_layers(q))
+
+
+@pytest.mark.parametrize("method", nuq.available_quantizers())
+def test_every_method_prepares_and_trains(method):
+    x = torch.randn(8, 1, 28, 28)
+    q = nuq.prepare(mlp(), nuq.QATConfig(weight=method, act=method, w_bits=2, a_bits=2, first_last="same"),
+                    calib=[x])
+    out = q(x)
+    out.square().mean().backward()
+    assert torch.isfinite(out).all()
+    for n, p in q.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), n

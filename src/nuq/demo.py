@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from . import available_quantizers
+from .quantizers import quantizer_class
 from .train import train
 from .train.config import config_from_dict
 
@@ -32,7 +33,7 @@ def demo_configs(out_dir: str, data_dir: str | None, quick: bool, methods: list[
                      "optim": {"lr": 0.02, "weight_decay": 1e-4, "q_optimizer": "adamw", "q_lr_mult": 0.01,
                                "warmup_epochs": 0.2},
                      "qat": {"weight": m, "act": m, "w_bits": 2, "a_bits": 2, "first_last": "8bit",
-                             "w_init": "mse" if m != "minmax" else "lsq", "a_init": "mse"}})
+                             "w_init": "mse" if "mse" in quantizer_class(m).init_methods else "auto"}})
     return cfgs
 
 

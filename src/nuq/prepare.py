@@ -154,7 +154,7 @@ def prepare(model: nn.Module, config: QATConfig, calib: Iterable | None = None, 
             signed = bool(config.act_signed)
         _set_module(model, name, _build_layer(layer, spec, config, signed))
     if calib is not None:
-        calibrate(model, calib, config.a_init)
+        calibrate(model, calib, "mse" if config.a_init == "auto" else config.a_init)
     broadcast_quantizers(model)
     return model
 

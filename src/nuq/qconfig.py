@@ -44,7 +44,12 @@ class QATConfig:
     * ``overrides``: {pattern: {"weight"|"act"|"w_bits"|"a_bits"|"skip"|"weight_transform": value}}.
     * ``quantize_downsample``: whether 1x1 shortcut convolutions (names matching
       ``downsample_patterns``) are quantized.
-    * ``w_init`` / ``a_init``: initialisation method of each quantizer class.
+    * ``w_init`` / ``a_init``: initialisation method of each quantizer class. "auto" picks,
+      for weights, the method's first (LSQ init for LSQ, MSE for APoT) and, for
+      activations, the MSE init over the calibration batches where the method has one.
+    * ``weight_transform``: a registered weight transform, None, or "auto" (the method's
+      paper default: APoT weight normalization for apot/pot/uniform/lloyd, tanh for
+      DoReFa, entropy-preserving scaling for N2UQ's F_Q).
     * ``act_signed``: "auto" decides per layer from calibration data (signed when the
       layer ever sees a negative input; without calibration only the first layer is
       signed), or force True/False.
@@ -56,14 +61,14 @@ class QATConfig:
     a_bits: int = 4
     first_last: str = "8bit"
     per_channel: bool = False
-    w_init: str = "lsq"
-    a_init: str = "mse"
+    w_init: str = "auto"
+    a_init: str = "auto"
     grad_scale: str | None = None
     quantize_downsample: bool = True
     downsample_patterns: tuple[str, ...] = ("*downsample*", "*shortcut*")
     skip: tuple[str, ...] = ()
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    weight_transform: str | None = None
+    weight_transform: str | None = "auto"
     weight_kwargs: dict[str, Any] = field(default_factory=dict)
     act_kwargs: dict[str, Any] = field(default_factory=dict)
     act_signed: str | bool = "auto"
@@ -87,7 +92,7 @@ class QATConfig:
         self._check_pair(self.act, self.a_bits, self.a_init, "act", "a_bits", "a_init", signed=False)
         if self.per_channel and self.weight is not None and not quantizer_class(self.weight).supports_per_channel:
             raise ValueError(f"per_channel=True: weight method {self.weight!r} has no per-channel mode")
-        if self.weight_transform is not None and self.weight_transform not in available_transforms():
+        if self.weight_transform not in (None, "auto") and self.weight_transform not in available_transforms():
             raise ValueError(f"weight_transform={self.weight_transform!r}; registered: {available_transforms()}")
         for ov in self.overrides.values():
             self._check_pair(ov.get("weight", self.weight), ov.get("w_bits", self.w_bits), None,
@@ -103,7 +108,7 @@ class QATConfig:
         if isinstance(bits, bool) or not isinstance(bits, int) or not cls.min_bits <= bits <= cls.max_bits:
             raise ValueError(f"{b_arg}={bits!r} is not supported by {m_arg}={method!r}: "
                              f"use an int in {cls.min_bits}..{cls.max_bits}")
-        if init is not None and init not in cls.init_methods:
+        if init is not None and init != "auto" and init not in cls.init_methods:
             raise ValueError(f"{i_arg}={init!r} is not an init method of {method!r}; allowed: {cls.init_methods}")
 
     def replace(self, **changes: Any) -> QATConfig:
@@ -126,4 +131,7 @@ class QATConfig:
                 if ov.get("skip"):
                     return None
                 spec = dataclasses.replace(spec, **{k: v for k, v in ov.items() if k != "skip"})
+        if spec.weight_transform == "auto":
+            auto = quantizer_class(spec.weight).default_weight_transform if spec.weight else None
+            spec = dataclasses.replace(spec, weight_transform=auto)
         return spec

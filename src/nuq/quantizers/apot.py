@@ -125,6 +125,9 @@ class _RCFFunction(torch.autograd.Function):
 
 
 class RCFQuantizer(Quantizer):
+    # APoT Sec. 3.3: RCF without weight normalization diverges, so WN is the default
+    default_weight_transform = "apot_wn"
+
     """Quantizer with a learned clipping threshold ``alpha`` and a fixed normalised level set
     (Eq. 7/8). Subclasses give the raw unsigned level set and the projection kind."""
 

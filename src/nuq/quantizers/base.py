@@ -92,6 +92,9 @@ class Quantizer(nn.Module):
     init_methods: ClassVar[tuple[str, ...]] = ("lsq", "mse")
     #: True when the output levels are an evenly spaced integer grid times one scale
     uniform_output: ClassVar[bool] = False
+    #: weight transform the method's paper applies before its weight quantizer; used by
+    #: QATConfig(weight_transform="auto")
+    default_weight_transform: ClassVar[str | None] = None
 
     def __init__(
         self,

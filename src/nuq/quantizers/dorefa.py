@@ -56,6 +56,7 @@ class _DoReFaFunction(torch.autograd.Function):
 
 @register_quantizer("dorefa")
 class DoReFaQuantizer(Quantizer):
+    default_weight_transform = "dorefa_tanh"  # DoReFa Eq. 9: tanh-normalised weights
     """Fixed-range uniform quantizer of DoReFa-Net: [0, 1] (activations) or [-1, 1] with
     2^b levels (weights, after the ``dorefa_tanh`` transform)."""
 
