@@ -8,3 +8,21 @@ import pytest
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_data = pytest.mark.skipif(not FMNIST.is_dir() and not os.environ.get("NUQ_DATA_DIR"),
                                 reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+def sigkill_after_first_checkpoint(proc, ckpt: Path, group: bool = False, timeout: float = 240) -> None:
+    """SIGKILL ``proc`` (its whole process group with ``group``) as soon as ``ckpt`` exists."""
+    import os
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is None:
+        if group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), f"no checkpoint appeared at {ckpt}"

@@ -15,6 +15,7 @@ import torch
 from .analysis import plots
 from .analysis.accounting import count_model, quantization_error
 from .analysis.entropy import layer_entropies
+from .analysis.hooks import visit_layer_inputs
 from .data import TensorLoader, load_dataset
 from .prepare import quant_layers
 from .train.build import architecture, qat_summary, rebuild
@@ -33,11 +34,7 @@ def analyze_run(run_dir: str, data_dir: str | None = None, batches: int = 2) -> 
     float_counts = count_model(architecture(cfg, ckpt["num_classes"], ckpt["in_channels"]), shape)
     ent = {r["layer"]: r for r in layer_entropies(model, loader)}
     inputs: dict[str, torch.Tensor] = {}
-    handles = [m.register_forward_pre_hook(lambda _m, a, n=n: inputs.setdefault(n, a[0].detach()))
-               for n, m in quant_layers(model) if m.act_quantizer is not None]
-    model(loader[0][0])
-    for h in handles:
-        h.remove()
+    visit_layer_inputs(model, loader, 1, lambda n, _m, x: inputs.setdefault(n, x))
     layers = []
     for name, m in quant_layers(model):
         row: dict[str, Any] = dict(ent.get(name, {"layer": name}))

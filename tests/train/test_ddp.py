@@ -2,15 +2,13 @@
 writes, and a killed DDP run resumes to the uninterrupted result."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 import yaml
-from tests_helpers import needs_data
+from tests_helpers import needs_data, sigkill_after_first_checkpoint
 
 from nuq.train.checkpoint import load_checkpoint
 
@@ -46,15 +44,8 @@ def test_ddp_ranks_identical_and_resume(tmp_path):
     assert hist[-1]["test_top1"] > 30  # chance is 10%
 
     b = write_cfg(tmp_path / "b.yaml", tmp_path / "b")
-    proc = torchrun(b, wait=False)
-    ckpt = tmp_path / "b" / "checkpoint.pt"
-    deadline = time.time() + 240
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert ckpt.exists()
+    sigkill_after_first_checkpoint(torchrun(b, wait=False), tmp_path / "b" / "checkpoint.pt", group=True)
+    assert load_checkpoint(tmp_path / "b")["step"] < load_checkpoint(tmp_path / "a")["step"]
     r = torchrun(b)
     assert r.returncode == 0, r.stderr[-3000:]
     ref, got = load_checkpoint(tmp_path / "a")["model"], load_checkpoint(tmp_path / "b")["model"]

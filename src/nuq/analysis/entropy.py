@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..prepare import quant_layers
+from .hooks import visit_layer_inputs
 
 
 def code_entropy(codes: Tensor, num_levels: int) -> float:
@@ -40,28 +41,8 @@ def layer_entropies(model: nn.Module, batches: Iterable[Tensor] | None = None,
         rows[name] = row
     if batches is not None:
         codes: dict[str, list[Tensor]] = {}
-        handles = []
-        for name, layer in quant_layers(model):
-            aq = layer.act_quantizer
-            if aq is None:
-                continue
-
-            def hook(_m, args, name=name, aq=aq):
-                codes.setdefault(name, []).append(aq.encode(args[0]).reshape(-1).cpu())
-
-            handles.append(layer.register_forward_pre_hook(hook))
-        was = model.training
-        model.eval()
-        dev = next(model.parameters()).device
-        try:
-            for i, b in enumerate(batches):
-                if i >= max_batches:
-                    break
-                model(b[0].to(dev) if isinstance(b, (tuple, list)) else b.to(dev))
-        finally:
-            for h in handles:
-                h.remove()
-            model.train(was)
+        visit_layer_inputs(model, batches, max_batches, lambda name, layer, x: codes.setdefault(name, []).append(
+            layer.act_quantizer.encode(x).reshape(-1).cpu()))
         for name, cs in codes.items():
             aq = dict(quant_layers(model))[name].act_quantizer
             rows[name].update(a_method=aq.method, a_bits=aq.bits,

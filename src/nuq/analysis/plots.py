@@ -21,6 +21,7 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from ..prepare import quant_layers  # noqa: E402
+from .hooks import visit_layer_inputs  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -74,24 +75,10 @@ def training_curves(runs: Mapping[str, str | Path], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-@torch.no_grad()
 def _layer_inputs(model: nn.Module, batches: Iterable[Tensor], max_batches: int) -> dict[str, Tensor]:
     seen: dict[str, list[Tensor]] = {}
-    handles = [layer.register_forward_pre_hook(
-        lambda _m, a, n=name: seen.setdefault(n, []).append(a[0].detach().reshape(-1)[:20000].cpu()))
-        for name, layer in quant_layers(model) if layer.act_quantizer is not None]
-    was = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    try:
-        for i, b in enumerate(batches):
-            if i >= max_batches:
-                break
-            model((b[0] if isinstance(b, (tuple, list)) else b).to(dev))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+    visit_layer_inputs(model, batches, max_batches,
+                       lambda name, _layer, x: seen.setdefault(name, []).append(x.reshape(-1)[:20000].cpu()))
     return {n: torch.cat(v) for n, v in seen.items()}
 
 
