@@ -111,8 +111,12 @@ def _build_layer(layer: nn.Module, spec: LayerSpec, cfg: QATConfig, act_signed: 
             transform = make_transform(spec.weight_transform,
                                        **({"bits": spec.w_bits} if spec.weight_transform == "n2uq_entropy" else {}))
     if spec.act is not None:
-        a_q = make_quantizer(spec.act, bits=spec.a_bits, signed=act_signed, grad_scale=cfg.grad_scale,
-                             **(cfg.act_kwargs if spec.act == cfg.act else {}))
+        kwargs = dict(cfg.act_kwargs) if spec.act == cfg.act else {}
+        if spec.act == "minmax":
+            # activations keep a running range frozen in eval: a prediction must not depend
+            # on the other images of its batch (minmax defaults to dynamic when signed)
+            kwargs.setdefault("observer", "running")
+        a_q = make_quantizer(spec.act, bits=spec.a_bits, signed=act_signed, grad_scale=cfg.grad_scale, **kwargs)
     cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
     new = cls.from_float(layer, weight_quantizer=w_q, act_quantizer=a_q, weight_transform=transform)
     if w_q is not None:

@@ -12,7 +12,13 @@ What is stored (the container layout is in :mod:`nuq.export.container`):
   float);
 * a JSON header: format name and version, nuq version, the caller's ``meta`` (the
   architecture to rebuild: ``{"model": {"name", "kwargs"}, "num_classes", "in_channels"}``
-  and, for a run, its whole config), per-layer method and bit widths, array table.
+  and, for a run, its whole config), per layer its geometry, weight and activation
+  method, bits and signedness, and the array table.
+
+Arrays are named by the rebuilt model's ``state_dict`` keys (``layers.0.bn1.weight``,
+``layers.0.conv1.act_quantizer.step``, ``fc.weight`` of a float layer), except the two
+per quantized layer that replace its weight: ``<layer>.weight_codes`` (uint8, packed) and
+``<layer>.weight_levels``.
 
 ``load_packed`` rebuilds a model whose layers hold the decoded weights (levels gathered
 at codes) as frozen float tensors; its outputs equal the fake-quantized model's exactly
@@ -130,6 +136,13 @@ def _check_model(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return layers
 
 
+def float32_bytes(model: nn.Module) -> int:
+    """Bytes of the model's tensors as float32, quantizers and weight transforms left out:
+    the size of the same network shipped as a plain float32 model."""
+    own = (".weight_quantizer.", ".act_quantizer.", ".weight_transform.")
+    return 4 * sum(v.numel() for k, v in model.state_dict().items() if not any(p in f".{k}" for p in own))
+
+
 def _meta_json(meta: Any) -> dict[str, Any]:
     meta = to_dict(meta) if meta is not None else {}
     if not isinstance(meta, dict):
@@ -158,47 +171,42 @@ def save_packed(model: nn.Module, path: str | Path, meta: dict[str, Any] | None 
     try:
         arrays: dict[str, torch.Tensor] = {}
         records: list[dict[str, Any]] = []
-        code_bytes = float_numel = 0
+        code_bytes = 0
         for name, layer in layers:
             rec: dict[str, Any] = {"name": name, **_geometry(layer), "weight_shape": list(layer.weight.shape)}
-            float_numel += layer.weight.numel()
             wq, aq = layer.weight_quantizer, layer.act_quantizer
             if wq is not None:
                 codes, lv, _ = decoded_weight(layer, name)
                 width = code_bits(lv.shape[-1])
                 packed = pack_bits(codes.cpu().numpy(), width)
-                arrays[f"{name}/codes"] = torch.from_numpy(packed)
-                arrays[f"{name}/levels"] = lv.cpu()
+                arrays[f"{name}.weight_codes"] = torch.from_numpy(packed)
+                arrays[f"{name}.weight_levels"] = lv.cpu()
                 code_bytes += packed.nbytes
                 rec["weight"] = {"method": wq.method, "bits": wq.bits, "signed": wq.signed,
-                                 "per_channel": lv.dim() == 2, "num_levels": lv.shape[-1], "code_bits": width,
-                                 "count": codes.numel(), "codes": f"{name}/codes", "levels": f"{name}/levels"}
+                                 "per_channel": lv.dim() == 2, "num_levels": lv.shape[-1], "code_bits": width}
             else:
-                arrays[f"{name}/weight"] = layer.float_weight().detach().cpu()
-                rec["weight"] = {"float": f"{name}/weight"}
+                arrays[f"{name}.weight"] = layer.float_weight().detach().cpu()
+                rec["weight"] = None
             if aq is not None:
                 state = {k: v.detach().cpu() for k, v in aq.state_dict().items()}
                 spec = {"method": aq.method, "bits": aq.bits, "signed": aq.signed, "kwargs": _ctor_kwargs(aq)}
                 _check_rebuild(aq, spec, state, name)
-                for k, v in state.items():
-                    arrays[f"{name}/act/{k}"] = v
-                rec["act"] = {**spec, "state": {k: f"{name}/act/{k}" for k in state}}
+                arrays.update({f"{name}.act_quantizer.{k}": v for k, v in state.items()})
+                rec["act"] = spec
             else:
                 rec["act"] = None
-            rec["w_bits"] = wq.bits if wq is not None else None
-            rec["a_bits"] = aq.bits if aq is not None else None
             records.append(rec)
-        float_state = _split_state(model, [n for n, _ in layers])
-        for k, v in float_state.items():
-            arrays[f"float/{k}"] = v.detach().cpu()
-            float_numel += v.numel()
+        for k, v in _split_state(model, [n for n, _ in layers]).items():
+            arrays[k] = v.detach().cpu()
+        # array names are the rebuilt model's state_dict keys, except the codes and levels
         header = {"format": FORMAT, "format_version": FORMAT_VERSION, "nuq_version": __version__, "meta": meta,
-                  "layers": records, "float_state": {k: f"float/{k}" for k in float_state}}
+                  "layers": records}
         size = write_container(path, header, arrays)
     finally:
         model.train(was_training)
-    return {"path": str(path), "bytes": size, "float32_bytes": 4 * float_numel,
-            "ratio": 4 * float_numel / size, "weight_code_bytes": code_bytes, "layers": len(records)}
+    fb = float32_bytes(model)
+    return {"path": str(path), "bytes": size, "float32_bytes": fb, "ratio": fb / size,
+            "weight_code_bytes": code_bytes, "layers": len(records)}
 
 
 def _architecture(meta: dict[str, Any]) -> nn.Module:
@@ -235,14 +243,12 @@ def _read(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
 
 def _decode(rec: dict[str, Any], arrays: dict[str, torch.Tensor]) -> torch.Tensor:
-    w = rec["weight"]
-    shape = rec["weight_shape"]
-    if "float" in w:
-        return arrays[w["float"]]
-    lv = arrays[w["levels"]]
-    codes = unpack_bits(arrays[w["codes"]].numpy(), w["code_bits"], w["count"])
-    if w["count"] != int(np.prod(shape)) or (codes.size and int(codes.max()) >= lv.shape[-1]):
-        raise ValueError(f"layer {rec['name']}: codes do not match the weight shape or the level table")
+    name, w, shape = rec["name"], rec["weight"], rec["weight_shape"]
+    lv = arrays.pop(f"{name}.weight_levels")
+    count = int(np.prod(shape))
+    codes = unpack_bits(arrays.pop(f"{name}.weight_codes").numpy(), w["code_bits"], count)
+    if lv.shape[-1] != w["num_levels"] or (codes.size and int(codes.max()) >= lv.shape[-1]):
+        raise ValueError(f"layer {name}: weight codes do not match the level table")
     idx = torch.from_numpy(codes)
     if lv.dim() == 2:
         return torch.gather(lv, 1, idx.view(shape[0], -1)).view(shape)
@@ -262,7 +268,7 @@ def load_packed(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     try:
         if model is None:
             model = _architecture(header.get("meta") or {})
-        state: dict[str, torch.Tensor] = {k: arrays[a] for k, a in header["float_state"].items()}
+        state = dict(arrays)
         for rec in header["layers"]:
             name = rec["name"]
             try:
@@ -275,15 +281,17 @@ def load_packed(path: str | Path, model: nn.Module | None = None) -> nn.Module:
                 raise ValueError(f"layer {name!r}: the model has {got}, the packed file {want}")
             act = None
             if rec["act"] is not None:
-                act = _rebuild_quantizer(rec["act"], {k: arrays[a] for k, a in rec["act"]["state"].items()}, name)
-                state.update({f"{name}.act_quantizer.{k}": arrays[a] for k, a in rec["act"]["state"].items()})
+                prefix = f"{name}.act_quantizer."
+                act_state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+                act = _rebuild_quantizer(rec["act"], act_state, name)
             cls = QuantConv2d if rec["kind"] == "conv2d" else QuantLinear
             new = cls.from_float(old, act_quantizer=act)
             # fresh tensors: from_float shares the skeleton's, which must not be overwritten
             new.weight = nn.Parameter(torch.empty(rec["weight_shape"], dtype=old.weight.dtype), requires_grad=False)
             if old.bias is not None:
                 new.bias = nn.Parameter(old.bias.detach().clone())
-            state[f"{name}.weight"] = _decode(rec, arrays)
+            if rec["weight"] is not None:
+                state[f"{name}.weight"] = _decode(rec, state)
             _set_module(model, name, new)
     except KeyError as e:
         raise ValueError(f"{path}: the header lacks the entry {e}; the file is damaged") from e

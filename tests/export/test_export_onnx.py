@@ -1,0 +1,203 @@
+"""to_onnx: ONNX Runtime reproduces the quantized model on real Fashion-MNIST images for
+every registered method; uniform quantizers appear as Q/DQ, the others as lookups."""
+
+import collections
+
+import pytest
+import torch
+from tests_helpers import needs_data
+from torch import nn
+
+import nuq
+from nuq.export import export_model, to_onnx
+from nuq.quantizers import quantizer_class
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors on a shared 2-core CPU: one intra-op thread is faster than two."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def images():
+    """64 real test images, normalised as in training (used by @needs_data tests only)."""
+    from nuq.data import load_dataset
+
+    test = load_dataset("fashion_mnist", train=False)
+    return test.normalize(test.images[:64])
+
+
+def config(weight, act, bits=2, **kw):
+    """W/A methods at ``bits`` (or their minimum) with each method's first init method."""
+    wc, ac = quantizer_class(weight), quantizer_class(act)
+    init = {"w_init": wc.init_methods[0], "a_init": ac.init_methods[0]}
+    return nuq.QATConfig(weight=weight, act=act, w_bits=max(bits, wc.min_bits), a_bits=max(bits, ac.min_bits),
+                         **(init | kw))
+
+
+@torch.no_grad()
+def settle(model, x, a_init):
+    """Make an untrained quantized net sane: BatchNorm statistics of the float-activation
+    net with quantized weights, activation quantizers calibrated on it, then BatchNorm
+    statistics of the fully quantized net. Otherwise weights quantized to levels far from
+    the float weights (APoT's alpha, for one) grow the activations layer by layer to ~1e12,
+    where float32 has no 1e-4 to compare."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    layers = [m for _, m in nuq.quant_layers(model)]
+
+    def refresh():
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()(x)
+        model.eval()
+
+    stash = [m.act_quantizer for m in layers]
+    for m in layers:
+        m.act_quantizer = None
+    refresh()
+    for m, q in zip(layers, stash):
+        m.act_quantizer = q
+    nuq.calibrate(model, [x], a_init)
+    refresh()
+    return model
+
+
+def prepare_with(method, calib, factory, bits=2):
+    """The method as weight and activation quantizer, or in the one role it supports."""
+    errors = []
+    for w, a in ((method, method), (method, "lsq"), ("lsq", method)):
+        try:
+            cfg = config(w, a, bits)
+            q = nuq.prepare(factory(), cfg, calib=[calib])
+        except ValueError as e:
+            errors.append(str(e))
+            continue
+        return settle(q, calib, cfg.a_init)
+    pytest.skip(f"{method}: no W/A role prepares: {errors}")
+
+
+def resnet():
+    return nuq.create_model("resnet20", num_classes=10, in_channels=1, width=4)
+
+
+def mlp():
+    return nuq.create_model("mlp", in_channels=1, hidden=32)
+
+
+def run_ort(path, x, level=None):
+    opts = ort.SessionOptions()
+    if level is not None:
+        opts.graph_optimization_level = level
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])
+
+
+def check_close(got, ref, flips=0.0):
+    """Max abs difference <= 1e-4 and the same top-1 on every image.
+
+    ``flips``: fraction of images allowed a larger difference. ONNX Runtime sums a
+    convolution in another order than PyTorch (float32 noise ~1e-7 relative), so a
+    pre-activation lying within that noise of a quantization threshold can land on the
+    neighbouring level: one activation one step off, ~1e-3 on the logits. Measured on 1024
+    test images: 0 such images for most methods, at most 4 (0.4%) with float weights that
+    ONNX Runtime folds BatchNorm into."""
+    d = (got - ref).abs().amax(1)
+    assert (d > 1e-4).float().mean().item() <= flips, f"max abs difference {d.max().item():.3g}"
+    assert torch.equal(got.argmax(1), ref.argmax(1))
+
+
+@needs_data
+@pytest.mark.parametrize("method", nuq.available_quantizers())
+def test_onnx_runtime_matches_pytorch_for_every_method(method, images, tmp_path):
+    q = prepare_with(method, images[:16], resnet)
+    x = images[16:]
+    with torch.no_grad():
+        ref = q(x)
+    to_onnx(q, x[:4], tmp_path / "m.onnx")  # traced on 4 images, run on 48: dynamic batch
+    check_close(run_ort(tmp_path / "m.onnx", x), ref, flips=0.05)
+    # what is traced equals the model bit for bit: any difference above is ONNX Runtime's
+    emodel, _ = export_model(q)
+    with torch.no_grad():
+        torch.testing.assert_close(emodel(x), ref, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("method", nuq.available_quantizers())
+def test_export_mode_model_is_exact_for_every_method(method):
+    """The module tree that is traced equals the model bit for bit (ONNX Runtime then
+    differs only by float32 summation order)."""
+    x = torch.randn(48, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    q = prepare_with(method, x[:16], mlp)
+    with torch.no_grad():
+        for _, qz in nuq.named_quantizers(q):  # off the initial (often uniform) tables
+            for p in qz.parameters():
+                p.mul_(torch.linspace(0.8, 1.2, p.numel()).view(p.shape))
+        ref = q(x[16:])
+        emodel, paths = export_model(q)
+        torch.testing.assert_close(emodel(x[16:]), ref, atol=0, rtol=0)
+    assert set(paths) == {n for n, _ in nuq.quant_layers(q)}
+
+
+@needs_data
+def test_uniform_layers_are_qdq_nonuniform_are_lookups(images, tmp_path):
+    q = prepare_with("lsq", images[:16], resnet)
+    info = to_onnx(q, images[:4], tmp_path / "lsq.onnx")
+    kinds = collections.Counter((v["weight"], v["act"]) for v in info["layers"].values())
+    # every conv (the 8-bit first layer included) is Q/DQ; the fc has a bias, so plain rounding ops
+    assert kinds[("int8", "qdq")] == 21 and kinds[("int8", "round")] == 1
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "lsq.onnx")).graph.node)
+    assert ops["QuantizeLinear"] == 21 and ops["DequantizeLinear"] >= 42 and ops["Gather"] == 0
+    if "nulsq" not in nuq.available_quantizers():
+        return
+    q = prepare_with("nulsq", images[:16], resnet)
+    with torch.no_grad():  # non-uniform steps
+        for _, qz in nuq.named_quantizers(q):
+            for p in qz.parameters():
+                p.mul_(torch.linspace(0.7, 1.3, p.numel()).view(p.shape))
+    info = to_onnx(q, images[:4], tmp_path / "nulsq.onnx")
+    assert sum(v["act"] == "lookup" for v in info["layers"].values()) == 20
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "nulsq.onnx")).graph.node)
+    assert ops["Gather"] >= 20 and ops["GreaterOrEqual"] >= 20
+    with torch.no_grad():
+        check_close(run_ort(tmp_path / "nulsq.onnx", images[16:]), q(images[16:]))
+
+
+@needs_data
+@pytest.mark.parametrize("level", ["ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_ALL"])
+@pytest.mark.parametrize("factory", [resnet, mlp])
+def test_every_onnx_runtime_optimisation_level(level, factory, images, tmp_path):
+    """ONNX Runtime rewrites Q/DQ graphs (weight/bias quantization, QGemm fusion); the
+    export keeps Q/DQ where those rewrites cannot change the numbers."""
+    q = prepare_with("lsq", images[:16], factory)
+    to_onnx(q, images[:4], tmp_path / "m.onnx")
+    with torch.no_grad():
+        ref = q(images[16:])
+    check_close(run_ort(tmp_path / "m.onnx", images[16:], getattr(ort.GraphOptimizationLevel, level)), ref)
+
+
+def test_verify_and_errors(tmp_path):
+    q = nuq.prepare(mlp(), config("lsq", "lsq"), calib=[torch.randn(16, 1, 28, 28)])
+    info = to_onnx(q, torch.randn(3, 1, 28, 28), tmp_path / "m.onnx", verify=True)
+    assert info["max_abs_diff"] <= 1e-4 and info["bytes"] == (tmp_path / "m.onnx").stat().st_size
+    with pytest.raises(ValueError, match="no quantized layers"):
+        to_onnx(mlp(), torch.randn(1, 1, 28, 28), tmp_path / "f.onnx")
+    with pytest.raises(ValueError, match="example_input"):
+        to_onnx(q, [1, 2], tmp_path / "g.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_dynamic_observer_activation_is_exported_per_batch(tmp_path):
+    """A minmax activation with a dynamic observer depends on its batch; so does the graph."""
+    q = nuq.prepare(mlp(), config("lsq", "lsq"), calib=[torch.randn(16, 1, 28, 28)]).eval()
+    to_onnx(q, torch.randn(2, 1, 28, 28), tmp_path / "m.onnx")
+    for scale in (0.5, 3.0):
+        x = torch.randn(8, 1, 28, 28) * scale
+        with torch.no_grad():
+            check_close(run_ort(tmp_path / "m.onnx", x), q(x))
