@@ -119,6 +119,7 @@ def _build_layer(layer: nn.Module, spec: LayerSpec, cfg: QATConfig, act_signed: 
         a_q = make_quantizer(spec.act, bits=spec.a_bits, signed=act_signed, grad_scale=cfg.grad_scale, **kwargs)
     cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
     new = cls.from_float(layer, weight_quantizer=w_q, act_quantizer=a_q, weight_transform=transform)
+    new.to(layer.weight.device)  # quantizers are built on the CPU; follow the layer (e.g. to the GPU)
     if w_q is not None:
         init = cfg.w_init if is_default_w and cfg.w_init in w_q.init_methods else w_q.init_methods[0]
         w_q.initialize(new.float_weight().detach(), method=init)

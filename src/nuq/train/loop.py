@@ -132,7 +132,7 @@ class Trainer:
         }
 
     def _restore(self, ckpt: dict[str, Any]) -> int:
-        self.bare.load_state_dict(ckpt["model"], strict=True)
+        """Optimiser, scheduler, RNG and history state; the model was rebuilt from ``ckpt``."""
         for o, s in zip(self.opts, ckpt["optimizers"], strict=True):
             o.load_state_dict(s)
         for sch, s in zip(self.scheds, ckpt["schedulers"], strict=True):
