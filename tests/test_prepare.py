@@ -127,3 +127,17 @@ def test_every_method_prepares_and_trains(method):
     assert torch.isfinite(out).all()
     for n, p in q.named_parameters():
         assert p.grad is None or torch.isfinite(p.grad).all(), n
+
+
+def test_activation_init_uses_float_model_inputs():
+    """Weight normalization rescales conv outputs; the activation ranges still come from
+    the float model, so a W2A2 APoT net is not dead at the start of training."""
+    model = resnet()
+    x = [torch.randn(16, 1, 28, 28)]
+    q = nuq.prepare(model, nuq.QATConfig(weight="apot", act="apot", w_bits=2, a_bits=2), calib=x)
+    ref = nuq.prepare(model, nuq.QATConfig(weight="lsq", act="apot", w_bits=2, a_bits=2), calib=x)
+    for (n, a), (_, b) in zip(nuq.quant_layers(q), nuq.quant_layers(ref)):
+        if a.act_quantizer is not None and a.act_quantizer.method == "apot":
+            torch.testing.assert_close(a.act_quantizer.alpha, b.act_quantizer.alpha, msg=n)
+    out = q.train()(torch.randn(4, 1, 28, 28))
+    assert out.std(0).mean() > 1e-3  # outputs depend on the input

@@ -142,7 +142,7 @@ def prepare(model: nn.Module, config: QATConfig, calib: Iterable | None = None, 
     targets = _float_targets(model)
     if not targets:
         raise ValueError("model has no nn.Conv2d or nn.Linear layer to quantize")
-    calib = list(calib) if calib is not None else None  # may be iterated twice
+    calib = list(calib) if calib is not None else None
     inputs = _record_inputs(model, targets, calib) if calib is not None else {}
     first, last = targets[0][0], targets[-1][0]
     for name, layer in targets:
@@ -159,7 +159,10 @@ def prepare(model: nn.Module, config: QATConfig, calib: Iterable | None = None, 
             signed = bool(config.act_signed)
         _set_module(model, name, _build_layer(layer, spec, config, signed))
     if calib is not None:
-        calibrate(model, calib, "mse" if config.a_init == "auto" else config.a_init)
+        # activation quantizers start from the *float* model's layer inputs: a weight
+        # transform (e.g. APoT weight normalization) rescales conv outputs, which eval-mode
+        # BatchNorm would not undo, while in training BN renormalises them back to this scale
+        _init_act_quantizers(model, inputs, "mse" if config.a_init == "auto" else config.a_init)
     broadcast_quantizers(model)
     return model
 
@@ -171,10 +174,11 @@ def signed_inputs(model: nn.Module) -> dict[str, bool]:
 
 @torch.no_grad()
 def calibrate(model: nn.Module, calib: Iterable, method: str = "mse") -> None:
-    """Initialise every activation quantizer of a prepared model from ``calib``.
+    """(Re-)initialise every activation quantizer of a prepared model from ``calib``.
 
-    Activations stay float while the sample is taken, so each quantizer sees the input
-    distribution of the float model; BatchNorm statistics are untouched (eval mode).
+    Activations stay float while the sample is taken (weights stay quantized);
+    BatchNorm statistics are untouched (eval mode). ``prepare(calib=...)`` instead uses
+    the inputs of the float model before any layer is swapped.
     """
     layers = [(n, m) for n, m in quant_layers(model) if m.act_quantizer is not None]
     stash = {n: m.act_quantizer for n, m in layers}
@@ -185,9 +189,16 @@ def calibrate(model: nn.Module, calib: Iterable, method: str = "mse") -> None:
     finally:
         for n, m in layers:
             m.act_quantizer = stash[n]
-    for n, m in layers:
+    _init_act_quantizers(model, inputs, method)
+
+
+def _init_act_quantizers(model: nn.Module, inputs: dict[str, Tensor], method: str) -> None:
+    """Initialise each layer's activation quantizer from its recorded input sample."""
+    for n, m in quant_layers(model):
         q = m.act_quantizer
-        q.initialize(inputs[n].to(m.weight.device), method=method if method in q.init_methods else q.init_methods[0])
+        if q is not None and n in inputs:
+            q.initialize(inputs[n].to(m.weight.device),
+                         method=method if method in q.init_methods else q.init_methods[0])
 
 
 def broadcast_quantizers(model: nn.Module) -> None:
