@@ -120,7 +120,7 @@ def test_intervals_configurable_and_validated():
 def test_init_methods():
     x = torch.randn(20000)
     q = nuq.make_quantizer("lcq", bits=4, signed=True)
-    assert q.init_methods[0] == "const" and q.alpha.item() == 3.0
+    assert q.init_methods[0] == "mse" and q.alpha.item() == 3.0  # constructed with the C-III constants
     assert nuq.make_quantizer("lcq", bits=4).alpha.item() == 8.0
     q.initialize(x, method="lsq")
     assert q.alpha.item() == pytest.approx(2 * math.sqrt(7) * x.abs().mean().item(), rel=1e-5)

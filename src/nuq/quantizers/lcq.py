@@ -171,7 +171,9 @@ class LCQQuantizer(Quantizer):
     """Non-uniform quantizer: uniform grid in the domain of a learned piecewise-linear
     compander with K intervals, plus a learned clipping threshold."""
 
-    init_methods = ("const", "lsq", "mse")
+    # "mse" first: the supplement's constants (alpha 3.0 weights, 8.0 activations, "const") assume
+    # normalised weights; on raw conv weights alpha = 3 rounds every weight to zero
+    init_methods = ("mse", "lsq", "const")
 
     def __init__(self, bits: int = 4, signed: bool = False, intervals: int = 16, **kwargs) -> None:
         super().__init__(bits=bits, signed=signed, **kwargs)
