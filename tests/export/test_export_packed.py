@@ -15,16 +15,6 @@ from nuq.export.container import MAGIC, pack_bits, read_container, unpack_bits, 
 from nuq.nn import QuantConv2d
 from nuq.quantizers import quantizer_class
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors on a shared 2-core CPU: one intra-op thread is faster than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 META = {"model": {"name": "resnet20", "kwargs": {"width": 4}}, "num_classes": 10, "in_channels": 1}
 
 
