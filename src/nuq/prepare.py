@@ -142,7 +142,6 @@ def prepare(model: nn.Module, config: QATConfig, calib: Iterable | None = None, 
     targets = _float_targets(model)
     if not targets:
         raise ValueError("model has no nn.Conv2d or nn.Linear layer to quantize")
-    calib = list(calib) if calib is not None else None
     inputs = _record_inputs(model, targets, calib) if calib is not None else {}
     first, last = targets[0][0], targets[-1][0]
     for name, layer in targets:
