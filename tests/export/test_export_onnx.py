@@ -137,14 +137,18 @@ def test_export_mode_model_is_exact_for_every_method(method):
 
 
 @needs_data
-def test_uniform_layers_are_qdq_nonuniform_are_lookups(images, tmp_path):
+def test_uniform_layers_are_integer_ops_nonuniform_are_lookups(images, tmp_path):
+    """LSQ (and the 8-bit minmax first/last layers): activation integers from QuantizeLinear,
+    an integer convolution on the int8 weight codes, one rescale -- no float Conv left."""
     q = prepare_with("lsq", images[:16], resnet)
     info = to_onnx(q, images[:4], tmp_path / "lsq.onnx")
     kinds = collections.Counter((v["weight"], v["act"]) for v in info["layers"].values())
-    # every conv (the 8-bit first layer included) is Q/DQ; the fc has a bias, so plain rounding ops
-    assert kinds[("int8", "qdq")] == 21 and kinds[("int8", "round")] == 1
+    assert sum(n for (w, a), n in kinds.items() if w == "int8" and a in ("integer-recip", "integer-div")) == 22
     ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "lsq.onnx")).graph.node)
-    assert ops["QuantizeLinear"] == 21 and ops["DequantizeLinear"] >= 42 and ops["Gather"] == 0
+    assert ops["ConvInteger"] == 21 and ops["MatMulInteger"] == 1 and ops["QuantizeLinear"] == 22
+    assert ops["Conv"] == ops["Gemm"] == ops["MatMul"] == ops["DequantizeLinear"] == ops["Gather"] == 0
+    with torch.no_grad():
+        check_close(run_ort(tmp_path / "lsq.onnx", images[16:]), q(images[16:]))
     if "nulsq" not in nuq.available_quantizers():
         return
     q = prepare_with("nulsq", images[:16], resnet)

@@ -12,6 +12,7 @@ from torch import nn
 import nuq
 from nuq.export import FORMAT_VERSION, load_packed, read_header, save_packed
 from nuq.export.container import MAGIC, pack_bits, read_container, unpack_bits, write_container
+from nuq.export.weight_table import WeightTable
 from nuq.nn import QuantConv2d
 from nuq.quantizers import quantizer_class
 
@@ -71,7 +72,10 @@ def test_round_trip_is_exact_for_every_method(method, tmp_path):
     torch.testing.assert_close(out, ref, atol=0, rtol=0)
     assert not loaded.training
     for _, layer in nuq.quant_layers(loaded):
-        assert layer.weight_quantizer is None and not layer.weight.requires_grad
+        # the stored level table rides along as a fixed weight quantizer: a projection
+        wq = layer.weight_quantizer
+        assert isinstance(wq, WeightTable) and not layer.weight.requires_grad
+        assert torch.equal(wq(layer.weight), layer.weight)
     assert info["bytes"] == os.path.getsize(tmp_path / "m.nuqpack")
 
 

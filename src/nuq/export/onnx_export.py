@@ -7,7 +7,14 @@ float32 scale ``s`` (LSQ, minmax, PACT-style grids, APoT's sums of powers of two
 stored as int8/uint8 ``k`` and a ``DequantizeLinear`` (per tensor or per output channel);
 other tables (nuLSQ, LCQ, Lloyd) as float constants holding the level values -- either way
 the decoded weights, bit for bit. BatchNorm stays a separate node (not folded), so the file
-shows the weights' own levels. Activations:
+shows the weights' own levels.
+
+Layers whose weight *and* activation tables are integer grids -- the ones PyTorch's eval
+mode already computes on integers (:mod:`nuq.nn.integer_eval`) -- are written as integer
+ops: ``QuantizeLinear -> ConvInteger / MatMulInteger -> Cast -> Mul -> Add``
+(:mod:`nuq.export.onnx_integer`). Their sums are exact in both runtimes, so ONNX Runtime
+returns the same bits as PyTorch at every optimisation level. The other layers
+(non-uniform tables) keep a float convolution and the activation paths below:
 
 * uniform activation quantizers -- whose table is ``s * k`` for consecutive integers k and
   whose thresholds sit where ``round`` puts them (LSQ, minmax, PACT, ...) -- become
@@ -52,19 +59,11 @@ from ..prepare import quant_layers
 from ..quantizers import Quantizer
 from ..quantizers.base import STEP_FLOOR
 from ..train.checkpoint import atomic_write_bytes
+from .onnx_integer import int_dtype, integer_layer
 from .packed import _check_model, _set_module
 from .tables import ActTable, activation_table, decoded_weight, level_grid, qdq_reference, recip_reference
 
 OPSET = 17
-
-
-def _int_dtype(kmin: int, kmax: int) -> torch.dtype | None:
-    """uint8 or int8 when [kmin, kmax] fits one of them (zero point 0), else None."""
-    if 0 <= kmin and kmax <= 255:
-        return torch.uint8
-    if -128 <= kmin and kmax <= 127:
-        return torch.int8
-    return None
 
 
 def _const(g, t: Tensor):
@@ -126,7 +125,7 @@ class QDQAct(nn.Module):
     def __init__(self, table: ActTable) -> None:
         super().__init__()
         scale, kmin, kmax = table.grid
-        self.dtype = _int_dtype(kmin, kmax)
+        self.dtype = int_dtype(kmin, kmax)
         self.recip = table.rounding == "recip"
         self.register_buffer("scale", scale.reshape(()).clone())
         self.register_buffer("inv", 1.0 / self.scale)
@@ -236,7 +235,7 @@ def _weight_ints(layer: nn.Module, codes: Tensor, lv: Tensor, dec: Tensor) -> tu
     if grid is None or dec.dtype != torch.float32:
         return None
     ints, scale = grid
-    dtype = _int_dtype(int(ints[0]), int(ints[-1]))
+    dtype = int_dtype(int(ints[0]), int(ints[-1]))
     if dtype is None:
         return None
     w = ints[codes.cpu()].to(dtype)
@@ -272,13 +271,21 @@ def export_model(model: nn.Module, qdq: bool = True) -> tuple[nn.Module, dict[st
                 weight = layer.float_weight().detach()
             wpath = "float" if grid is None else ("int8" if grid[0].dtype == torch.int8 else "uint8")
             act: nn.Module | None = None
+            table = None
+            if layer.act_quantizer is not None and not layer.act_quantizer.dynamic:
+                table = activation_table(layer.act_quantizer, f"{name}.act_quantizer")
+            ilayer = integer_layer(layer, table, grid, name)
+            if ilayer is not None:
+                # the arithmetic of the layer's own eval mode (nuq.nn.integer_eval)
+                _set_module(out, name, ilayer)
+                paths[name] = {"weight": wpath, "act": f"integer-{ilayer.act.kind}"}
+                continue
             if layer.act_quantizer is None:
                 apath = "float"
             elif (act := _dynamic_act(layer.act_quantizer, f"{name}.act_quantizer")) is not None:
                 apath = "dynamic"
             else:
-                table = activation_table(layer.act_quantizer, f"{name}.act_quantizer")
-                if table.grid is not None and _int_dtype(table.grid[1], table.grid[2]) is not None:
+                if table.grid is not None and int_dtype(table.grid[1], table.grid[2]) is not None:
                     use_qdq = qdq and grid is not None and layer.bias is None
                     act = QDQAct(table) if use_qdq else RoundAct(table)
                     apath = "qdq" if type(act) is QDQAct else "round"

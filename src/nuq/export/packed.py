@@ -49,6 +49,7 @@ from ..quantizers import Quantizer, make_quantizer
 from ..train.build import load_strict
 from .container import pack_bits, read_container, unpack_bits, write_container
 from .tables import check_layer, decoded_weight
+from .weight_table import WeightTable
 
 FORMAT = "nuq-packed"
 FORMAT_VERSION = 1
@@ -242,9 +243,10 @@ def _read(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     return header, arrays
 
 
-def _decode(rec: dict[str, Any], arrays: dict[str, torch.Tensor]) -> torch.Tensor:
+def _decode(rec: dict[str, Any], arrays: dict[str, torch.Tensor], tables: dict[str, torch.Tensor]) -> torch.Tensor:
     name, w, shape = rec["name"], rec["weight"], rec["weight_shape"]
     lv = arrays.pop(f"{name}.weight_levels")
+    tables[name] = lv
     count = int(np.prod(shape))
     codes = unpack_bits(arrays.pop(f"{name}.weight_codes").numpy(), w["code_bits"], count)
     if lv.shape[-1] != w["num_levels"] or (codes.size and int(codes.max()) >= lv.shape[-1]):
@@ -262,13 +264,15 @@ def load_packed(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     ``model``: optional skeleton of the same architecture (float, or prepared; modified in
     place). Without it the architecture is built from the header's ``meta``. Each
     quantized layer becomes a QuantConv2d/QuantLinear holding its decoded weight as a
-    frozen float tensor (no weight quantizer) and its rebuilt activation quantizer.
+    frozen float tensor, the stored level table as its weight quantizer
+    (:class:`~nuq.export.weight_table.WeightTable`) and its rebuilt activation quantizer.
     """
     header, arrays = _read(path)
     try:
         if model is None:
             model = _architecture(header.get("meta") or {})
         state = dict(arrays)
+        tables: dict[str, torch.Tensor] = {}
         for rec in header["layers"]:
             name = rec["name"]
             try:
@@ -291,9 +295,11 @@ def load_packed(path: str | Path, model: nn.Module | None = None) -> nn.Module:
             if old.bias is not None:
                 new.bias = nn.Parameter(old.bias.detach().clone())
             if rec["weight"] is not None:
-                state[f"{name}.weight"] = _decode(rec, state)
+                state[f"{name}.weight"] = _decode(rec, state, tables)
             _set_module(model, name, new)
     except KeyError as e:
         raise ValueError(f"{path}: the header lacks the entry {e}; the file is damaged") from e
     load_strict(model, state, f"packed file {path}")
+    for name, lv in tables.items():
+        model.get_submodule(name).weight_quantizer = WeightTable(lv)
     return model.eval()

@@ -5,6 +5,10 @@
 with ``weight_quantizer`` (after an optional differentiable ``weight_transform``, e.g.
 APoT weight normalization). Either quantizer may be ``None`` (kept float). A layer knows
 nothing of training; the quantizers know nothing of layers.
+
+In eval mode a layer whose two level tables are integer grids computes on the integer
+codes and rescales once (:mod:`nuq.nn.integer_eval`): the same value up to float32
+rounding, and the same bits on every backend. ``layer.integer_eval = False`` turns it off.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..quantizers import Quantizer
+from .integer_eval import IntegerOperands, integer_operands
 
 
 class _QuantMixin:
@@ -20,6 +25,23 @@ class _QuantMixin:
     weight_quantizer: Quantizer | None
     act_quantizer: Quantizer | None
     weight_transform: nn.Module | None
+    bias: Tensor | None
+    #: eval mode computes on integer codes where both tables allow it (see integer_eval)
+    integer_eval: bool = True
+
+    def _integer(self, x: Tensor) -> IntegerOperands | None:
+        if self.training or not self.integer_eval:
+            return None
+        return integer_operands(self, x)
+
+    def _rescale(self, acc: Tensor, ops: IntegerOperands, channel_axis: int) -> Tensor:
+        """Integer accumulator times s_a * s_w, plus the bias (output channels on
+        ``channel_axis``: 1 for a convolution, -1 for a linear layer)."""
+        shape = [1] * acc.dim()
+        shape[channel_axis] = -1
+        s = ops.scale.view(shape) if ops.scale.dim() else ops.scale
+        y = acc * s
+        return y if self.bias is None else y + self.bias.view(shape)
 
     def _attach(self, weight_quantizer, act_quantizer, weight_transform) -> None:
         self.weight_quantizer = weight_quantizer
@@ -54,6 +76,9 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         self._attach(weight_quantizer, act_quantizer, weight_transform)
 
     def forward(self, x: Tensor) -> Tensor:
+        ops = self._integer(x)
+        if ops is not None:
+            return self._rescale(self._conv_forward(ops.act, ops.weight, None), ops, 1)
         return self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias)
 
     @classmethod
@@ -76,6 +101,9 @@ class QuantLinear(_QuantMixin, nn.Linear):
         self._attach(weight_quantizer, act_quantizer, weight_transform)
 
     def forward(self, x: Tensor) -> Tensor:
+        ops = self._integer(x)
+        if ops is not None:
+            return self._rescale(F.linear(ops.act, ops.weight), ops, -1)
         return F.linear(self.quantize_input(x), self.quantized_weight(), self.bias)
 
     @classmethod

@@ -140,6 +140,12 @@ class Quantizer(nn.Module):
         return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
 
     @property
+    def dynamic(self) -> bool:
+        """True when the level table depends on the current input (an observer that
+        re-measures every batch); such a quantizer's ``levels()`` holds after ``encode(x)``."""
+        return False
+
+    @property
     def num_levels(self) -> int:
         return 2**self.bits
 

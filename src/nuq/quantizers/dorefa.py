@@ -31,9 +31,13 @@ from .base import Quantizer, compute_dtype, register_quantizer
 
 
 def _unit_grid(r: Tensor, n: int, signed: bool) -> Tensor:
-    """Integer-valued r in 0..n -> level values; one arithmetic path for forward and levels()."""
-    r = r.div_(n)
-    return r.mul_(2).sub_(1) if signed else r
+    """Integer-valued r in 0..n -> level values; one arithmetic path for forward and levels().
+
+    The integer ``2r - n`` (signed) or ``r`` times the float32 ``1/n``: the levels are then
+    exactly integers times one scale, which integer arithmetic needs (``(r/n)*2 - 1`` is the
+    same value up to float32 rounding, but not an exact grid)."""
+    k = r.mul_(2).sub_(n) if signed else r
+    return k.mul_(1.0 / n)
 
 
 class _DoReFaFunction(torch.autograd.Function):

@@ -58,6 +58,10 @@ class MinMaxQuantizer(Quantizer):
         self.momentum = momentum
         self.register_buffer("range", torch.ones(self.param_shape()))
 
+    @property
+    def dynamic(self) -> bool:
+        return self.observer == "dynamic"
+
     def _materialize_channels(self, channels: int) -> None:
         self.range = self.range.expand(channels).clone()
 

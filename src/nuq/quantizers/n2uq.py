@@ -76,6 +76,16 @@ def n2uq_normalized_levels(m: int, signed: bool, dtype: torch.dtype, device: tor
     return lv - 1 if signed else lv
 
 
+def n2uq_levels(m: int, signed: bool, scale_out: Tensor) -> Tensor:
+    """beta_2 * the normalised levels, computed as integers times one float32 step (``q``
+    times beta_2 * 2/m, resp. ``2q - m`` times beta_2 / m when signed): the same values up to
+    rounding, and exactly an integer grid, which integer arithmetic needs."""
+    q = torch.arange(m + 1, dtype=scale_out.dtype, device=scale_out.device)
+    if signed:
+        return (q * 2 - m) * (scale_out * (1.0 / m))
+    return q * (scale_out * (2.0 / m))
+
+
 def n2uq_search(x: Tensor, start: Tensor, widths: Tensor, scale_in: Tensor) -> Tensor:
     """Merged index j (int32, shape of x) = number of merged boundaries <= beta_1 * x.
 
@@ -98,7 +108,7 @@ class _N2UQFunction(torch.autograd.Function):
         ct = compute_dtype(x)
         m = widths.numel()
         j = n2uq_search(x, start, widths, scale_in)
-        lv = scale_out.to(ct) * n2uq_normalized_levels(m, signed, ct, x.device)
+        lv = n2uq_levels(m, signed, scale_out.to(ct))
         # level of merged index j is j // 2: look it up in the table repeated twice
         y = lv.repeat_interleave(2).index_select(0, j.reshape(-1)).view(x.shape).to(x.dtype)
         ctx.save_for_backward(x, j.to(_index_dtype(2 * m + 1)), start, widths, scale_in, scale_out)
@@ -183,8 +193,7 @@ class N2UQQuantizer(Quantizer):
                                    self.grad_scale_factor(x))
 
     def levels(self) -> Tensor:
-        b2 = self.effective_scales()[1].detach()
-        return b2 * n2uq_normalized_levels(self.widths.numel(), self.signed, b2.dtype, b2.device)
+        return n2uq_levels(self.widths.numel(), self.signed, self.effective_scales()[1].detach())
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:

@@ -32,7 +32,10 @@ def n2uq_weight_codes(w: Tensor, m: int) -> Tensor:
 
 
 def n2uq_weight_from_codes(codes: Tensor, m: int) -> Tensor:
-    return codes * (2.0 / m) - 1
+    """Codes 0..m -> levels: the odd integer 2c - m times the float32 1/m, so the levels are
+    exactly integers times one scale (what integer arithmetic needs; c * 2/m - 1 is the same
+    value up to float32 rounding, but not an exact grid)."""
+    return (codes * 2 - m).mul_(1.0 / m)
 
 
 class _FQFunction(torch.autograd.Function):
