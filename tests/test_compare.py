@@ -16,6 +16,15 @@ def test_bad_cell_fails_before_training(tmp_path):
         cell_configs(grid)
 
 
+def test_teacher_float_means_the_grids_float_run(tmp_path):
+    kd = {"qat": {"weight": "lsq", "act": "lsq"}, "distill": {"teacher": "float", "temperature": 2.0}}
+    grid = GridConfig(out_dir=str(tmp_path), bits=(2,), seeds=(0,), methods={"kd": kd, "other": {
+        "qat": {"weight": "lsq", "act": "lsq"}, "distill": {"teacher": str(tmp_path / "elsewhere")}}})
+    cells = {name: cfg for name, _, _, cfg in cell_configs(grid)}
+    assert cells["kd"].distill.teacher == str(tmp_path / "float") and cells["kd"].distill.temperature == 2.0
+    assert cells["other"].distill.teacher == str(tmp_path / "elsewhere")
+
+
 def test_markdown_table_marks_best_and_reports_std():
     rows = [{"method": "float", "bits": 32, "seed": 0, "top1": 90.0, "top5": 99.0}]
     rows += [{"method": "a", "bits": 2, "seed": s, "top1": v, "top5": 0} for s, v in enumerate([80.0, 82.0])]

@@ -10,8 +10,9 @@ The grid config (YAML)::
     methods:               # name -> overrides of the QAT runs (qat.*, optim.*, ...)
       lsq:      {qat: {weight: lsq, act: lsq}}
       nulsq-a:  {qat: {weight: lsq, act: nulsq}}
+      lsq-kd:   {qat: {weight: lsq, act: lsq}, distill: {teacher: float}}
 
-Every cell is validated before any training starts (unknown method, impossible bit
+``distill: {teacher: float}`` distils from the grid's own float run. Every cell is validated before any training starts (unknown method, impossible bit
 width). Finished cells (a ``metrics.json`` in their run directory) are skipped and an
 interrupted cell resumes from its checkpoint, so re-running the command continues the
 grid. Results go to ``results.csv`` and ``results.md`` (mean +- std over seeds).
@@ -74,6 +75,8 @@ def cell_configs(grid: GridConfig) -> list[tuple[str, int, int, RunConfig]]:
                 raw = merge(grid.base, {"name": run, "out_dir": str(Path(grid.out_dir) / run), "seed": seed,
                                         "init_from": float_dir, "qat": {"w_bits": bits, "a_bits": bits}})
                 raw = merge(raw, over)
+                if (raw.get("distill") or {}).get("teacher") == "float":
+                    raw["distill"] = {**raw["distill"], "teacher": float_dir}
                 try:
                     cfg = config_from_dict(raw)
                 except ValueError as e:

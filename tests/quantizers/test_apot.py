@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import nuq
+from nuq.quantizers import make_quantizer
 from nuq.quantizers.levelsets import level_set
 
 RCF = ["apot", "pot", "uniform"]
@@ -210,3 +211,23 @@ def test_channels_last_input_matches_contiguous(name):
     torch.testing.assert_close(yc, yn, atol=0, rtol=0)
     torch.testing.assert_close(xc.grad, xn.grad, atol=0, rtol=0)
     torch.testing.assert_close(ga, q.alpha.grad, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["apot", "pot", "uniform"])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_clip_max_is_no_clipping(method, per_channel):
+    """Table 3's "without RCF": alpha = max|w| of the current tensor, nothing clipped, not learned."""
+    w = torch.randn(6, 3, 3, 3)
+    q = make_quantizer(method, bits=4, signed=True, clip="max", per_channel=per_channel,
+                       channels=6 if per_channel else None)
+    q.initialize(w * 0.1, "mse")
+    assert q.dynamic and not q.alpha.requires_grad
+    out = q(w)
+    top = w.abs().amax(dim=(1, 2, 3)) if per_channel else w.abs().max()
+    torch.testing.assert_close(q.alpha.detach(), top, atol=0, rtol=0)
+    # the largest magnitude lands exactly on the largest level: nothing is clipped
+    big = out.abs().amax(dim=(1, 2, 3)) if per_channel else out.abs().max()
+    torch.testing.assert_close(big, top, atol=0, rtol=1e-6)
+    assert torch.equal(q.levels()[..., -1], q.alpha.detach())
+    with pytest.raises(ValueError, match="clip='auto'"):
+        make_quantizer(method, bits=4, clip="auto")

@@ -25,6 +25,10 @@ Appendix A.2; STE for Pi)::
 
 summed over the elements that share alpha (times 1/sqrt(N*Qp) with ``grad_scale="lsq"``).
 
+``clip="max"`` is Table 3's "without RCF" column: no clipping, alpha = max|x| of the
+current tensor (per channel if per_channel), not learned. Meant for weights; on
+activations it makes the quantizer depend on the batch (``dynamic``).
+
 Implementation: no distance matrix and no binary search on the hot path. Every element is
 mapped to an integer *cell* with two or three elementwise ops, and a small per-cell table
 (built once, exactly, in float64) gives the level and whether the cell lies inside the
@@ -124,6 +128,9 @@ class _RCFFunction(torch.autograd.Function):
         return grad_x, grad_a, None, None, None, None, None
 
 
+CLIPS = ("learned", "max")
+
+
 class RCFQuantizer(Quantizer):
     # APoT Sec. 3.3: RCF without weight normalization diverges, so WN is the default
     default_weight_transform = "apot_wn"
@@ -138,9 +145,13 @@ class RCFQuantizer(Quantizer):
     #: Appendix C.2 initial thresholds (weights after normalisation, activations)
     const_alpha: ClassVar[tuple[float, float]] = (3.0, 8.0)
 
-    def __init__(self, bits: int = 4, signed: bool = False, **kwargs) -> None:
+    def __init__(self, bits: int = 4, signed: bool = False, clip: str = "learned", **kwargs) -> None:
+        if clip not in CLIPS:
+            raise ValueError(f"clip={clip!r}; allowed: {', '.join(CLIPS)}")
         super().__init__(bits=bits, signed=signed, **kwargs)
-        self.alpha = nn.Parameter(torch.ones(self.param_shape()))
+        self.clip = clip
+        # clip="max": alpha follows max|x| and is not a trained parameter
+        self.alpha = nn.Parameter(torch.ones(self.param_shape()), requires_grad=clip == "learned")
         self._lo = -1.0 if signed else 0.0
         raw = self.raw_levels()
         self.register_buffer("table", raw / raw.max(), persistent=self.table_persistent)
@@ -230,7 +241,18 @@ class RCFQuantizer(Quantizer):
         a = self.channel_view(self.effective_alpha(), x).to(ct)
         return x.to(ct), a
 
+    @property
+    def dynamic(self) -> bool:
+        return self.clip == "max"
+
+    @torch.no_grad()
+    def _observe(self, x: Tensor) -> None:
+        if self.clip == "max":
+            src = x.detach().float() if self.signed else x.detach().float().clamp_min(0)
+            self.alpha.copy_(absmax(src, self.per_channel).clamp_min(1e-6).to(self.alpha))
+
     def quantize(self, x: Tensor) -> Tensor:
+        self._observe(x)
         xc, a = self._views(x)
         key = self._cells(xc.detach(), a.detach())
         lut_val = self.table.to(xc.dtype).index_select(0, self._lut_idx)
@@ -250,6 +272,7 @@ class RCFQuantizer(Quantizer):
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
+        self._observe(x)
         xc, a = self._views(x)
         return self._lut_idx.index_select(0, self._cells(xc, a).reshape(-1)).view(x.shape).to(self.code_dtype)
 
@@ -260,6 +283,9 @@ class RCFQuantizer(Quantizer):
 
     # --- initialisation -----------------------------------------------------------------
     def _initialize(self, x: Tensor, method: str) -> None:
+        if self.clip == "max":
+            self._observe(x)
+            return
         if method == "const":
             a = torch.full(self.param_shape(), self.const_alpha[0 if self.signed else 1])
         else:
