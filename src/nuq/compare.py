@@ -12,10 +12,11 @@ The grid config (YAML)::
       nulsq-a:  {qat: {weight: lsq, act: nulsq}}
       lsq-kd:   {qat: {weight: lsq, act: lsq}, distill: {teacher: float}}
 
-``distill: {teacher: float}`` distils from the grid's own float run. Every cell is validated before any training starts (unknown method, impossible bit
-width). Finished cells (a ``metrics.json`` in their run directory) are skipped and an
-interrupted cell resumes from its checkpoint, so re-running the command continues the
-grid. Results go to ``results.csv`` and ``results.md`` (mean +- std over seeds).
+``distill: {teacher: float}`` distils from the grid's own float run. Every cell is
+validated before any training starts (unknown method, impossible bit width). Finished
+cells (a ``metrics.json`` in their run directory) are skipped and an interrupted cell
+resumes from its checkpoint, so re-running the command continues the grid. Results go
+to ``results.csv`` and ``results.md`` (mean +- std over seeds).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """End-to-end training on real Fashion-MNIST: accuracy above chance, resume after a
 kill reproduces the uninterrupted run, NaN stops the run, bad configs fail early."""
 
+import csv
 import subprocess
 import sys
 
@@ -37,6 +38,24 @@ def test_float_then_qat_above_chance(tmp_path):
     assert (run / "metrics.json").is_file() and (run / "config.yaml").is_file() and (run / "log.csv").is_file()
     ck = load_checkpoint(run)
     assert ck["config"]["qat"]["w_bits"] == 2 and "rng_cpu" in ck
+    check_tensorboard_matches_csv(run)
+
+
+def check_tensorboard_matches_csv(run):
+    """With tensorboard installed, every numeric log.csv column is a scalar at x = epoch."""
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        assert not (run / "tensorboard").exists()
+        return
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    with (run / "log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    for key in ("train_loss", "test_top1", "lr"):
+        events = acc.Scalars(key)
+        assert [e.step for e in events] == [int(r["epoch"]) for r in rows]
+        assert [e.value for e in events] == pytest.approx([float(r[key]) for r in rows], rel=1e-6)
 
 
 @needs_data

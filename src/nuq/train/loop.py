@@ -3,9 +3,9 @@
 ``train(cfg)`` runs one :class:`RunConfig` end to end and returns its final metrics.
 A run directory holds ``config.yaml`` (the resolved config), ``checkpoint.pt``
 (model, optimisers, scheduler position, RNG states, metrics so far), ``metrics.json``
-and ``log.csv``. Re-running the same config resumes from the checkpoint; since the
-batches of an epoch depend only on (seed, epoch), the resumed run reproduces the
-uninterrupted one.
+and ``log.csv`` (plus TensorBoard scalars when ``tensorboard`` is installed).
+Re-running the same config resumes from the checkpoint; since the batches of an epoch
+depend only on (seed, epoch), the resumed run reproduces the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, write_json
 from .config import RunConfig, save_config
 from .evaluate import evaluate
 from .schedule import lr_factor
+from .tblog import TensorBoardLog
 
 
 class TrainingDiverged(RuntimeError):
@@ -165,6 +166,7 @@ class Trainer:
         if main:
             save_config(cfg, self.out / "config.yaml")
         start_epoch = step // self.steps_per_epoch
+        self.tb = TensorBoardLog(self.out) if main else None
         for epoch in range(start_epoch, cfg.epochs):
             step = self._train_epoch(epoch, step)
             ddp.sync_buffers(self.model, self.dist)
@@ -178,6 +180,8 @@ class Trainer:
                 save_checkpoint(self._state(step), ckpt_path)
                 self._log(row)
             ddp.barrier(self.dist)
+        if self.tb is not None:
+            self.tb.close()
         final = {"name": cfg.name, "quant": qat_summary(cfg.qat), **(self.history[-1] if self.history else {}),
                  "nuq_version": __version__}
         if main:
@@ -248,6 +252,8 @@ class Trainer:
             if new:
                 w.writeheader()
             w.writerow(row)
+        if self.tb is not None:
+            self.tb.epoch(row)
         if self.cfg.progress and self.dist.is_main:
             tqdm.write(f"[{self.cfg.name}] epoch {row['epoch']}: loss {row['train_loss']:.3f} "
                        f"train {row['train_top1']:.2f}% test {row['test_top1']:.2f}%")
