@@ -16,7 +16,7 @@ from .analysis import plots
 from .analysis.accounting import count_model, quantization_error
 from .analysis.entropy import layer_entropies
 from .analysis.hooks import visit_layer_inputs
-from .data import TensorLoader, load_dataset
+from .data import load_dataset, make_loader
 from .prepare import quant_layers
 from .train.build import architecture, qat_summary, rebuild
 from .train.checkpoint import load_checkpoint, write_json
@@ -28,7 +28,7 @@ def analyze_run(run_dir: str, data_dir: str | None = None, batches: int = 2) -> 
     model, cfg = rebuild(ckpt, ckpt["num_classes"], ckpt["in_channels"])
     model.eval()
     test = load_dataset(cfg.data.name, data_dir or cfg.data.data_dir, train=False).subset(128 * batches, seed=0)
-    loader = list(TensorLoader(test, 128, train=False))
+    loader = list(make_loader(test, 128, train=False))
     shape = (1, *loader[0][0].shape[1:])
     counts = count_model(model, shape)
     float_counts = count_model(architecture(cfg, ckpt["num_classes"], ckpt["in_channels"]), shape)

@@ -112,7 +112,7 @@ def make_plots(grid: GridConfig, cells: list[tuple[str, int, int, RunConfig]], r
     quantizers_<method>.png (transfer functions, histograms, levels) in ``out_dir``."""
     from .analysis import plots
     from .analysis.entropy import layer_entropies
-    from .data import TensorLoader, load_dataset
+    from .data import load_dataset, make_loader
     from .train.build import rebuild
     from .train.checkpoint import load_checkpoint
 
@@ -126,7 +126,7 @@ def make_plots(grid: GridConfig, cells: list[tuple[str, int, int, RunConfig]], r
         return
     d = shown[0][1].data
     test = load_dataset(d.name, d.data_dir, train=False).subset(512, seed=0)
-    batches = list(TensorLoader(test, 128, train=False))
+    batches = list(make_loader(test, 128, train=False))
     ent = {}
     for m, c in shown:
         ckpt = load_checkpoint(c.out_dir)

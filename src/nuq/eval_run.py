@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .data import TensorLoader, load_dataset
+from .data import load_dataset, make_loader
 from .train.build import qat_summary, rebuild
 from .train.checkpoint import load_checkpoint
 from .train.evaluate import evaluate
@@ -19,5 +19,6 @@ def evaluate_run(run_dir: str, data_dir: str | None = None, device: str = "auto"
     dev = resolve_device(device)
     test = load_dataset(cfg.data.name, data_dir or cfg.data.data_dir, train=False).subset(cfg.data.test_subset)
     with torch.no_grad():
-        m = evaluate(model.to(dev), TensorLoader(test, cfg.data.eval_batch_size, train=False), dev)
+        loader = make_loader(test, cfg.data.eval_batch_size, train=False, workers=cfg.data.workers)
+        m = evaluate(model.to(dev), loader, dev)
     return {**m, "quant": qat_summary(cfg.qat), "samples": len(test)}

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from .cifar import cifar10, cifar100
 from .fashion_mnist import fashion_mnist
-from .tensor_data import TensorDataset
+from .image_folder import image_folder
 
-_DATASETS: dict[str, Callable[..., TensorDataset]] = {
+_DATASETS: dict[str, Callable[..., Any]] = {
     "fashion_mnist": fashion_mnist,
     "cifar10": cifar10,
     "cifar100": cifar100,
+    "imagenet": image_folder,
 }
 
 
-def register_dataset(name: str, fn: Callable[..., TensorDataset]) -> None:
+def register_dataset(name: str, fn: Callable[..., Any]) -> None:
     _DATASETS[name] = fn
 
 
@@ -23,7 +25,7 @@ def available_datasets() -> list[str]:
     return sorted(_DATASETS)
 
 
-def load_dataset(name: str, data_dir: str | None = None, train: bool = True) -> TensorDataset:
+def load_dataset(name: str, data_dir: str | None = None, train: bool = True) -> Any:
     if name not in _DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}")
     return _DATASETS[name](data_dir=data_dir, train=train)

@@ -45,6 +45,10 @@ class TensorDataset:
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return (x.float().div_(255) - mean) / std
 
+    def example_batch(self, n: int) -> Tensor:
+        """The first ``n`` images, normalised."""
+        return self.normalize(self.images[:n])
+
 
 def random_crop_flip(x: Tensor, pad: int, flip: bool, gen: torch.Generator) -> Tensor:
     """Batched random crop (zero padding ``pad``) and horizontal flip of [B, C, H, W]."""
@@ -60,6 +64,19 @@ def random_crop_flip(x: Tensor, pad: int, flip: bool, gen: torch.Generator) -> T
         mask = torch.rand(b, generator=gen) < 0.5
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x
+
+
+def epoch_indices(n: int, train: bool, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> Tensor:
+    """Sample order of one epoch: a permutation fixed by (seed, epoch) when training, else
+    0..n-1; under DDP each rank takes its own contiguous shard (equal sizes in training)."""
+    if train:
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+    else:
+        idx = torch.arange(n)
+    if world_size > 1:
+        per = n // world_size if train else -(-n // world_size)
+        idx = idx[rank * per:(rank + 1) * per]
+    return idx
 
 
 class TensorLoader:
@@ -79,15 +96,7 @@ class TensorLoader:
         self.epoch = epoch
 
     def _indices(self) -> Tensor:
-        n = len(self.data)
-        if self.train:
-            idx = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch))
-        else:
-            idx = torch.arange(n)
-        if self.world_size > 1:
-            per = n // self.world_size if self.train else -(-n // self.world_size)
-            idx = idx[self.rank * per:(self.rank + 1) * per]
-        return idx
+        return epoch_indices(len(self.data), self.train, self.seed, self.epoch, self.rank, self.world_size)
 
     def __len__(self) -> int:
         n = len(self._indices())

@@ -23,7 +23,7 @@ def _example_input(cfg, in_channels: int, data_dir: str | None, image_size: int 
     from ..data import load_dataset
 
     test = load_dataset(cfg.data.name, data_dir or cfg.data.data_dir, train=False)
-    return test.normalize(test.images[:8])
+    return test.example_batch(8)
 
 
 def export_run(run_dir: str, fmt: str = "packed", out: str | None = None, data_dir: str | None = None,

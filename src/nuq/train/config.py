@@ -35,8 +35,12 @@ class DataConfig:
     eval_batch_size: int = 500
     pad: int = 2
     flip: bool = True
+    #: decoding processes for image-folder datasets (tensor-resident sets ignore it)
+    workers: int = 4
 
     def __post_init__(self) -> None:
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise ValueError(f"data.workers={self.workers!r}; allowed: an int >= 0")
         for k in ("batch_size", "eval_batch_size"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -120,6 +124,16 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
+
+
+def same_config(saved: dict[str, Any], cfg: RunConfig) -> bool:
+    """Whether a checkpoint's config dict describes ``cfg``. Keys the saved dict lacks (a
+    checkpoint written before they existed) count at their defaults; a dict that does not
+    parse (keys of a newer version) is a different config."""
+    try:
+        return config_from_dict(saved).to_dict() == cfg.to_dict()
+    except ValueError:
+        return False
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:

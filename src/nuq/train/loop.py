@@ -23,12 +23,12 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import __version__
-from ..data import TensorLoader, load_dataset
+from ..data import load_dataset, make_loader
 from ..prepare import quantizer_parameters, signed_inputs
 from . import distributed as ddp
 from .build import build_model, qat_summary, rebuild
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, write_json
-from .config import RunConfig, save_config
+from .config import RunConfig, same_config, save_config
 from .evaluate import evaluate
 from .schedule import lr_factor
 from .tblog import TensorBoardLog
@@ -91,9 +91,9 @@ class Trainer:
         test_set = load_dataset(d.name, d.data_dir, train=False).subset(d.test_subset, seed=0)
         self.num_classes, self.in_channels = train_set.num_classes, train_set.in_channels
         # under DDP, data.batch_size is per process and every rank reads its own shard
-        self.train_loader = TensorLoader(train_set, d.batch_size, train=True, seed=cfg.seed, pad=d.pad, flip=d.flip,
-                                         rank=self.dist.rank, world_size=self.dist.world_size)
-        self.test_loader = TensorLoader(test_set, d.eval_batch_size, train=False)
+        self.train_loader = make_loader(train_set, d.batch_size, train=True, seed=cfg.seed, pad=d.pad, flip=d.flip,
+                                        rank=self.dist.rank, world_size=self.dist.world_size, workers=d.workers)
+        self.test_loader = make_loader(test_set, d.eval_batch_size, train=False, workers=d.workers)
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
             raise ValueError(f"data.batch_size={d.batch_size} exceeds the {len(train_set)} training samples")
@@ -111,7 +111,8 @@ class Trainer:
         return teacher.to(self.device).eval().requires_grad_(False)
 
     def _calib_batches(self):
-        loader = TensorLoader(self.train_loader.data, self.cfg.data.batch_size, train=False)
+        loader = make_loader(self.train_loader.data, self.cfg.data.batch_size, train=False,
+                             workers=self.cfg.data.workers)
         for i, (x, _) in enumerate(loader):
             if i >= self.cfg.calib_batches:
                 break
@@ -150,7 +151,7 @@ class Trainer:
         ckpt_path = self.out / CHECKPOINT
         resume = cfg.resume and ckpt_path.is_file()
         ckpt = load_checkpoint(ckpt_path) if resume else None
-        if ckpt is not None and ckpt["config"] != cfg.to_dict():
+        if ckpt is not None and not same_config(ckpt["config"], cfg):
             raise ValueError(f"{self.out} holds a run of a different config; use another out_dir or resume: false")
         if ckpt is not None:
             self.model = rebuild(ckpt, self.num_classes, self.in_channels)[0].to(self.device)
