@@ -9,7 +9,7 @@ from nuq.train.config import load_config
 
 ROOT = Path(__file__).parent.parent / "configs"
 RUNS = sorted(ROOT.glob("*.yaml"))
-GRIDS = sorted((ROOT / "compare").glob("*.yaml"))
+GRIDS = sorted((ROOT / "compare").glob("*.yaml")) + sorted((ROOT / "recipes").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", RUNS, ids=lambda p: p.name)
