@@ -28,6 +28,20 @@ def test_demo_quick_prints_table(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "lsq_w2a2")]) == 0
     out = capsys.readouterr().out
     assert "smaller" in out and "layers.0.conv1" in out
+    import json
+    import re
+
+    from nuq.export import save_packed
+    from nuq.train.build import rebuild
+    from nuq.train.checkpoint import load_checkpoint
+
+    # the reported packed size is the size of the file nuq export writes
+    m = re.search(r"packed file ([\d,]+) bytes vs float32 ([\d,]+) bytes", out)
+    ck = load_checkpoint(tmp_path / "lsq_w2a2")
+    model, _ = rebuild(ck, ck["num_classes"], ck["in_channels"])
+    assert int(m[1].replace(",", "")) == save_packed(model.eval(), tmp_path / "x.nuqpack")["bytes"]
+    saved = json.loads((tmp_path / "lsq_w2a2" / "analysis" / "analysis.json").read_text())
+    assert saved["packed_bytes"] == int(m[1].replace(",", "")) < saved["float32_bytes"]
     assert (tmp_path / "lsq_w2a2" / "analysis" / "quantizers.png").is_file()
 
 

@@ -7,6 +7,7 @@ Writes ``RUN_DIR/analysis/analysis.json`` and ``quantizers.png`` and returns the
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +47,32 @@ def analyze_run(run_dir: str, data_dir: str | None = None, batches: int = 2) -> 
     out = Path(run_dir) / "analysis"
     plots.quantizer_panels(model, loader, out / "quantizers.png")
     result = {"run": str(run_dir), "quant": qat_summary(cfg.qat), "counts": counts.as_dict(),
-              "float_size_mb": float_counts.size_mb, "float_flops": float_counts.flops, "layers": layers}
+              "float_size_mb": float_counts.size_mb, "float_flops": float_counts.flops, "layers": layers,
+              **_file_sizes(model)}
     write_json(result, out / "analysis.json")
     result["table"] = counts.table()
     return result
 
 
+def _file_sizes(model: torch.nn.Module) -> dict[str, int]:
+    """Bytes of the real packed file of the model (written to a temporary directory) and of
+    its float32 parameters and buffers."""
+    from .export.packed import float32_bytes, save_packed
+
+    if not list(quant_layers(model)):
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        packed = save_packed(model, Path(tmp) / "m.nuqpack")["bytes"]
+    return {"packed_bytes": packed, "float32_bytes": float32_bytes(model)}
+
+
 def format_analysis(r: dict[str, Any]) -> str:
     c = r["counts"]
-    lines = [r["table"], "",
+    files = []
+    if "packed_bytes" in r:
+        files = [f"packed file {r['packed_bytes']:,} bytes vs float32 {r['float32_bytes']:,} bytes "
+                 f"({r['float32_bytes'] / r['packed_bytes']:.1f}x smaller; nuq export RUN writes it)"]
+    lines = [r["table"], "", *files,
              f"{r['quant']}: size {c['size_mb']:.3f} MB (float32 {r['float_size_mb']:.3f} MB, "
              f"{r['float_size_mb'] / max(c['size_mb'], 1e-12):.1f}x smaller); "
              f"FixOPs {c['fixops'] / 1e6:.2f}M, BitOPs {c['bitops'] / 1e9:.3f}G, float FLOPs {c['flops'] / 1e6:.2f}M "
