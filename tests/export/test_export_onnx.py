@@ -112,8 +112,11 @@ def test_onnx_runtime_matches_pytorch_for_every_method(method, images, tmp_path)
     x = images[16:]
     with torch.no_grad():
         ref = q(x)
-    to_onnx(q, x[:4], tmp_path / "m.onnx")  # traced on 4 images, run on 48: dynamic batch
-    check_close(run_ort(tmp_path / "m.onnx", x), ref, flips=0.05)
+    info = to_onnx(q, x[:4], tmp_path / "m.onnx")  # traced on 4 images, run on 48: dynamic batch
+    # integer layers sum exactly in both runtimes; float convolutions (non-grid tables) may
+    # put a value near a threshold on the other side (see check_close)
+    integer = all(v["act"].startswith("integer-") for v in info["layers"].values())
+    check_close(run_ort(tmp_path / "m.onnx", x), ref, flips=0.0 if integer else 0.05)
     # what is traced equals the model bit for bit: any difference above is ONNX Runtime's
     emodel, _ = export_model(q)
     with torch.no_grad():
