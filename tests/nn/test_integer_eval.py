@@ -59,6 +59,19 @@ def test_eval_output_does_not_depend_on_summation_order():
         torch.testing.assert_close(permuted.eval()(x[:, perm]), layer(x), atol=0, rtol=0)
 
 
+def test_weight_integers_are_cached_until_the_weight_changes():
+    layer, x = conv_layer()
+    with torch.no_grad():
+        first = layer(x)
+        cached = layer._integer_weight_cache
+        assert torch.equal(layer(x), first) and layer._integer_weight_cache is cached  # reused
+        layer.weight.mul_(-1)  # in place: the next eval forward must see it
+        out = layer(x)
+        layer.integer_eval = False
+        torch.testing.assert_close(out, layer(x), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(out, first)
+
+
 def test_linear_with_extra_leading_axes():
     torch.manual_seed(0)
     lin = torch.nn.Linear(32, 5)

@@ -62,8 +62,8 @@ def integer_operands(layer: nn.Module, x: Tensor) -> IntegerOperands | None:
         return None
     if x.dtype != torch.float32 or layer.weight.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type):
         return None
-    wgrid = _grid(qw.levels())
-    if wgrid is None:
+    wside = _weight_side(layer)
+    if wside is None:
         return None
     # a static table is checked before touching the (large) input; a dynamic one exists
     # only after encode() has observed this batch
@@ -77,12 +77,37 @@ def integer_operands(layer: nn.Module, x: Tensor) -> IntegerOperands | None:
         if agrid is None:
             return None
     a_ints, s_a = agrid
-    w_ints, s_w = wgrid
-    if s_a.dim() != 0 or fan_in * _max_abs(a_ints) * _max_abs(w_ints) >= EXACT_LIMIT:
+    weight, s_w, w_max = wside
+    if s_a.dim() != 0 or fan_in * _max_abs(a_ints) * w_max >= EXACT_LIMIT:
         return None
     dev = x.device
     act = a_ints.to(dev, torch.float32).index_select(0, codes.reshape(-1).long()).view(x.shape)
-    w = layer.float_weight().detach()
-    w_codes = qw.encode(w).reshape(-1).long()
-    weight = w_ints.to(dev, torch.float32).index_select(0, w_codes).view(w.shape)
     return IntegerOperands(act, weight, (s_a.to(dev) * s_w.to(dev)).float())
+
+
+def _state_key(layer: nn.Module) -> tuple:
+    """Changes whenever the weight, the transform's or the weight quantizer's tensors do
+    (in place or replaced)."""
+    mods = [m for m in (layer.weight_transform, layer.weight_quantizer) if m is not None]
+    tensors = [layer.weight, *(t for m in mods for t in (*m.parameters(), *m.buffers()))]
+    return tuple((t.data_ptr(), t._version, t.device) for t in tensors)
+
+
+def _weight_side(layer: nn.Module) -> tuple[Tensor, Tensor, int] | None:
+    """(weight integers as float32, s_w, max |integer|) or None; cached on the layer until
+    the weight or its quantizer changes -- eval runs it once, not once per batch (a
+    per-channel table is checked row by row)."""
+    key = _state_key(layer)
+    cached = getattr(layer, "_integer_weight_cache", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    qw = layer.weight_quantizer
+    w = layer.float_weight().detach()
+    w_codes = qw.encode(w).reshape(-1).long()  # first: a dynamic observer sets its levels here
+    wgrid = _grid(qw.levels())
+    side = None
+    if wgrid is not None:
+        w_ints, s_w = wgrid
+        side = (w_ints.to(w.device, torch.float32).index_select(0, w_codes).view(w.shape), s_w, _max_abs(w_ints))
+    layer._integer_weight_cache = (key, side)
+    return side
