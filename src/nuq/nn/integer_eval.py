@@ -67,7 +67,7 @@ def integer_operands(layer: nn.Module, x: Tensor) -> IntegerOperands | None:
         return None
     # a static table is checked before touching the (large) input; a dynamic one exists
     # only after encode() has observed this batch
-    agrid = None if qa.dynamic else _grid(qa.levels())
+    agrid = None if qa.dynamic else _static_act_grid(qa)
     if agrid is None and not qa.dynamic:
         return None
     fan_in = layer.weight[0].numel()
@@ -85,12 +85,26 @@ def integer_operands(layer: nn.Module, x: Tensor) -> IntegerOperands | None:
     return IntegerOperands(act, weight, (s_a.to(dev) * s_w.to(dev)).float())
 
 
-def _state_key(layer: nn.Module) -> tuple:
-    """Changes whenever the weight, the transform's or the weight quantizer's tensors do
-    (in place or replaced)."""
-    mods = [m for m in (layer.weight_transform, layer.weight_quantizer) if m is not None]
-    tensors = [layer.weight, *(t for m in mods for t in (*m.parameters(), *m.buffers()))]
+def _key(tensors) -> tuple:
+    """Changes whenever one of ``tensors`` does (in place or replaced)."""
     return tuple((t.data_ptr(), t._version, t.device) for t in tensors)
+
+
+def _state_key(layer: nn.Module) -> tuple:
+    mods = [m for m in (layer.weight_transform, layer.weight_quantizer) if m is not None]
+    return _key([layer.weight, *(t for m in mods for t in (*m.parameters(), *m.buffers()))])
+
+
+def _static_act_grid(qa: nn.Module) -> tuple[Tensor, Tensor] | None:
+    """level_grid of a static activation table, cached until the quantizer's tensors change
+    (no host round trip per batch on a GPU)."""
+    key = _key([*qa.parameters(), *qa.buffers()])
+    cached = getattr(qa, "_integer_grid_cache", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    grid = _grid(qa.levels())
+    qa._integer_grid_cache = (key, grid)
+    return grid
 
 
 def _weight_side(layer: nn.Module) -> tuple[Tensor, Tensor, int] | None:
