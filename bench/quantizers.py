@@ -1,6 +1,6 @@
 """Forward+backward time of every registered quantizer, as ratios to PyTorch's fused
 learnable fake-quant op (torch._fake_quantize_learnable_per_tensor_affine) and to an
-identity op (x * 1), measured in one run on the same tensor.
+identity op (x * 1), measured in one run on the same tensor, interleaved (best of --reps rounds).
 
     python bench/quantizers.py [--methods lsq nulsq] [--bits 2 3 4] [--shape 64 64 56 56]
 """
@@ -15,14 +15,19 @@ import torch
 import nuq
 
 
-def timeit(fn, reps: int) -> float:
-    fn()
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
+def best_times(fns: dict[str, object], reps: int) -> dict[str, float]:
+    """Best wall time of each function over ``reps`` rounds, the functions interleaved
+    within a round, so that drift (frequency, page-cache state, a neighbour's load) hits
+    every candidate alike."""
+    for fn in fns.values():
         fn()
-        best = min(best, time.perf_counter() - t)
+        fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
     return best
 
 
@@ -53,20 +58,20 @@ def main() -> None:
             def ident():
                 (x * 1).backward(g)
 
-            t_fused = timeit(fused, args.reps)
-            t_id = timeit(ident, args.reps)
+            fns = {"fused": fused, "x*1": ident}
             for name in methods:
                 cls = nuq.quantizers.quantizer_class(name)
                 if not cls.min_bits <= bits <= cls.max_bits:
                     continue
                 q = nuq.make_quantizer(name, bits=bits, signed=signed)
                 q.initialize(x.detach(), method=q.init_methods[0])
-
-                def run():
-                    q(x).backward(g)
-
-                t = timeit(run, args.reps)
-                print(f"{name:8s} {bits:4d} {signed!s:>6s} {t * 1e3:8.1f} {t / t_fused:7.2f} {t / t_id:6.2f}")
+                fns[name] = lambda q=q: q(x).backward(g)
+            best = best_times(fns, args.reps)
+            for name in fns:
+                if name in ("fused", "x*1"):
+                    continue
+                t, tf, ti = best[name], best["fused"], best["x*1"]
+                print(f"{name:8s} {bits:4d} {signed!s:>6s} {t * 1e3:8.1f} {t / tf:7.2f} {t / ti:6.2f}")
 
 
 if __name__ == "__main__":

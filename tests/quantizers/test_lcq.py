@@ -154,3 +154,18 @@ def test_low_precision_inputs(dtype):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y2 = q(x.detach().float())
     assert y2.dtype == torch.float32 and torch.isin(y2, q.levels()).all()
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_nan_input_maps_to_zero_like_lsq(signed):
+    q = nuq.make_quantizer("lcq", bits=3, signed=signed)
+    x = torch.randn(1000)
+    q.initialize(x, method=q.init_methods[0])
+    clean = q(x)
+    x_nan = x.clone()
+    x_nan[::7] = float("nan")
+    y = q(x_nan)
+    assert torch.equal(y[::7], torch.zeros_like(y[::7]))
+    keep = torch.ones(1000, dtype=torch.bool)
+    keep[::7] = False
+    assert torch.equal(y[keep], clean[keep])

@@ -45,6 +45,10 @@ from .base import STEP_FLOOR, Quantizer, compute_dtype, register_quantizer
 from .init import absmax, mse_search
 from .lsq import lsq_fake_quant
 
+#: 2^23, and its float32 bit pattern (rounding by addition, see _LCQFunction.forward)
+_MAGIC = float(2**23)
+_MAGIC_BITS = 0x4B000000
+
 #: floor on gamma_j where it divides (the expanding slope), so an interval squeezed to
 #: zero by an extreme theta gives a large but finite gradient instead of inf/NaN
 GAMMA_FLOOR = 1e-12
@@ -92,15 +96,21 @@ class _LCQFunction(torch.autograd.Function):
             torch.addcmul(one, buf, k / a, out=buf)  # t1 = K u + 1 before clipping
         else:
             buf = torch.addcmul(one, xf, k / a)
-        buf.clamp_(0, k + 1)
+        buf.clamp_(0, k + 1).nan_to_num_(nan=0.0)  # NaN -> 0, as the LSQ op does
         kk = buf.to(torch.int32)  # truncation == floor on >= 0
-        y = torch.empty_like(buf)
-        buf.mul_(torch.index_select(tab_b, 0, kk, out=y))
-        buf.add_(torch.index_select(tab_a, 0, kk, out=y)).round_()  # n f(u) rounded: the code c
-        buf.add_(kk, alpha=n + 1)  # key = kk * (n + 1) + c (+ nb1 for negative inputs)
+        y = torch.index_select(tab_b, 0, kk)
+        buf.mul_(y)
+        buf.add_(torch.index_select(tab_a, 0, kk, out=y))  # n f(u)
+        # Round to the code c by adding 2^23: a float32 in [2^23, 2^24) has unit spacing, so
+        # the add rounds half-to-even like torch.round, and its bit pattern is then
+        # MAGIC_BITS + c, an int32 that adds to kk without a casting loop (float64: round).
+        key = kk.mul_(n + 1)  # kk * (n + 1) + c
+        if buf.dtype == torch.float32:
+            key.add_(buf.add_(_MAGIC).view(torch.int32)).sub_(_MAGIC_BITS)
+        else:
+            key.add_(buf.round_().to(torch.int32))
         if signed:
-            buf.add_(xf < 0, alpha=nb1)
-        key = kk.copy_(buf)
+            key.add_(torch.lt(xf, 0), alpha=nb1)  # negative inputs: the mirrored half
         del buf
         torch.index_select(out, 0, key, out=y)
         y = y.view(x.shape).to(x.dtype)

@@ -25,12 +25,14 @@ beta_2 * (2/m) * E(beta_1 * x) for x' in interval k (all terms zero outside [d_0
     dQ/dbeta_1  = beta_2 (2/m) x / a_k
     dQ/dbeta_2  = (2/m) q                                    (exact: Q is linear in beta_2)
 
-One pass each way: ``bucketize`` of x on the merged sorted boundaries
-[d_0, T_1, d_1, T_2, ..., T_m, d_m] / beta_1 gives j in 0..2m+1, from which the output
-level is j // 2 and the G-STE interval is (j + 1) // 2 (0 = below, m + 1 = above); j is
-saved as int8/int16. The backward gathers dQ/dx from a [2m+2] table and reduces g and g*x per j
-with ``index_add_``; every parameter gradient is then [m]-sized arithmetic on those sums
-(the "-1/a_k for every later interval" term of Eq. 13 is a suffix sum over intervals).
+One pass each way: the search of x among the merged sorted boundaries
+[d_0, T_1, d_1, T_2, ..., T_m, d_m] / beta_1 (``binsearch.bucket_gather``: a bin-table
+lookup on CPU, ``bucketize`` elsewhere) gives j in 0..2m+1, from which the output level is
+j // 2 and the G-STE interval is (j + 1) // 2 (0 = below, m + 1 = above); j is saved as
+uint8 (int16 at 8 bits). The backward gathers dQ/dx from a [2m+2] table and reduces g and
+g*x per j with ``index_add_``; every parameter gradient is then [m]-sized arithmetic on
+those sums (the "-1/a_k for every later interval" term of Eq. 13 is a suffix sum over
+intervals).
 
 Conventions (DESIGN.md): a_i is clamped to >= 1e-3 in the forward pass and gets no
 gradient while clamped; beta_1, beta_2 are floored at STEP_FLOOR (kept positive so the
@@ -54,6 +56,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import STEP_FLOOR, Quantizer, compute_dtype, register_quantizer
+from .binsearch import bucket_gather
 from .init import absmax, mse_search
 from .lsq import lsq_fake_quant
 
@@ -86,19 +89,18 @@ def n2uq_levels(m: int, signed: bool, scale_out: Tensor) -> Tensor:
     return q * (scale_out * (2.0 / m))
 
 
-def n2uq_search(x: Tensor, start: Tensor, widths: Tensor, scale_in: Tensor) -> Tensor:
-    """Merged index j (int32, shape of x) = number of merged boundaries <= beta_1 * x.
+def n2uq_search(x: Tensor, start: Tensor, widths: Tensor, scale_in: Tensor,
+                values: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """(j, values[j]): the merged index j = number of merged boundaries <= beta_1 * x
+    (shape of x, the smallest int dtype that holds 0..2m+1) and, given a [2m+2] table,
+    its entries gathered at j (else None).
 
     The boundaries are divided by beta_1 (> 0) instead of multiplying x: the same
     comparisons up to rounding at the boundaries, one elementwise pass and one
     full-size temporary less."""
     ct = compute_dtype(x)
     _, merged = n2uq_boundaries(start.to(ct), widths.to(ct))
-    return torch.bucketize(x.to(ct), merged / scale_in.to(ct), right=True, out_int32=True)
-
-
-def _index_dtype(num: int) -> torch.dtype:
-    return torch.int8 if num <= 127 else torch.int16
+    return bucket_gather(x.to(ct), merged / scale_in.to(ct), values)
 
 
 class _N2UQFunction(torch.autograd.Function):
@@ -107,11 +109,11 @@ class _N2UQFunction(torch.autograd.Function):
                 signed: bool, gscale: float) -> Tensor:
         ct = compute_dtype(x)
         m = widths.numel()
-        j = n2uq_search(x, start, widths, scale_in)
-        lv = n2uq_levels(m, signed, scale_out.to(ct))
         # level of merged index j is j // 2: look it up in the table repeated twice
-        y = lv.repeat_interleave(2).index_select(0, j.reshape(-1)).view(x.shape).to(x.dtype)
-        ctx.save_for_backward(x, j.to(_index_dtype(2 * m + 1)), start, widths, scale_in, scale_out)
+        lv2 = n2uq_levels(m, signed, scale_out.to(ct)).repeat_interleave(2)
+        j, y = n2uq_search(x, start, widths, scale_in, lv2)
+        y = y.to(x.dtype)
+        ctx.save_for_backward(x, j, start, widths, scale_in, scale_out)
         ctx.signed, ctx.gscale = signed, gscale
         return y
 
@@ -198,8 +200,8 @@ class N2UQQuantizer(Quantizer):
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
         # the same merged search as the forward pass, so decode(encode(x)) == forward(x)
-        j = n2uq_search(x, self.start, self.effective_widths(), self.effective_scales()[0])
-        return torch.div(j, 2, rounding_mode="floor").to(self.code_dtype)
+        j, _ = n2uq_search(x, self.start, self.effective_widths(), self.effective_scales()[0])
+        return torch.div(j.to(torch.int32), 2, rounding_mode="floor").to(self.code_dtype)
 
     def _initialize(self, x: Tensor, method: str) -> None:
         m = self.widths.numel()

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import STEP_FLOOR, Quantizer, register_quantizer
+from .binsearch import MIN_NUMEL, bin_tables, bucket_gather
 from .init import absmax, lsq_step, mse_search
 from .lsq import LSQQuantizer, lsq_fake_quant
 
@@ -61,6 +62,21 @@ def nearest_level(xf: Tensor, lv: Tensor, bits: int, search: bool | None = None)
     if not search:
         return torch.bucketize(xf, thr, right=True, out_int32=True), lv, False
     return _search_cpu(xf, thr, bits), lv.flip(0), True
+
+
+def level_search(xf: Tensor, lv: Tensor, bits: int, search: bool | None = None) -> tuple[Tensor, Tensor]:
+    """(code, y) for a flat contiguous x: the uint8 index of the nearest level (as
+    ``nearest_level``) and that level in x's dtype. Large float32 inputs on CPU use the
+    bin-table search (``binsearch``), a constant number of passes at any bit width."""
+    if search is None:
+        search = xf.device.type == "cpu"
+    if search and xf.dtype == lv.dtype and xf.numel() >= MIN_NUMEL:
+        thr = (lv[1:] + lv[:-1]) * 0.5
+        tables = bin_tables(thr)
+        if tables is not None:
+            return bucket_gather(xf, thr, lv, tables)
+    k, table, flipped = nearest_level(xf, lv, bits, search)
+    return level_codes(k, flipped, bits), table.to(xf.dtype).index_select(0, k)
 
 
 def level_codes(k: Tensor, flipped: bool, bits: int) -> Tensor:
@@ -96,10 +112,10 @@ class _NuLSQFunction(torch.autograd.Function):
     def forward(ctx, x: Tensor, pos: Tensor, neg: Tensor | None, bits: int, gscale: float) -> Tensor:  # type: ignore[override]
         lv = level_table(pos, neg)
         xf = x.contiguous().view(-1)
-        k, table, flipped = nearest_level(xf, lv, bits)
-        y = table.to(x.dtype).index_select(0, k).view(x.shape)
+        code, y = level_search(xf, lv, bits)
         # only x and the uint8 level index are kept; the backward recomputes the rest
-        ctx.save_for_backward(xf, level_codes(k, flipped, bits), pos, neg)
+        ctx.save_for_backward(xf, code, pos, neg)
+        y = y.view(x.shape)
         ctx.bits, ctx.gscale = bits, gscale
         return y
 
@@ -180,8 +196,8 @@ class NuLSQQuantizer(Quantizer):
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
-        k, _, flipped = nearest_level(x.contiguous().view(-1), self.levels(), self.bits)
-        return level_codes(k, flipped, self.bits).view(x.shape)
+        lv = self.levels()
+        return level_search(x.contiguous().view(-1), lv, self.bits)[0].view(x.shape)
 
     def _initialize(self, x: Tensor, method: str) -> None:
         if method == "lsq":
