@@ -25,10 +25,11 @@ def probe(bounds: torch.Tensor, n: int = MIN_NUMEL, seed: int = 0) -> torch.Tens
 def check(bounds: torch.Tensor, expect_table: bool = True) -> None:
     x = probe(bounds)
     assert (bin_tables(bounds) is not None) == expect_table
-    ref = torch.bucketize(x, bounds, right=True, out_int32=True)
-    got = count_le(x, bounds)
-    assert got.dtype == torch.int32
-    assert torch.equal(got, ref)
+    for right in (True, False):
+        ref = torch.bucketize(x, bounds, right=right, out_int32=True)
+        got = count_le(x, bounds, right=right)
+        assert got.dtype == torch.int32
+        assert torch.equal(got, ref)
 
 
 @pytest.mark.parametrize("n", [3, 7, 15, 31, 63, 255, 300])
@@ -92,19 +93,21 @@ def test_bucket_gather_returns_small_index_and_values():
     assert j16.dtype == torch.int16
 
 
+@pytest.mark.parametrize("method", ["n2uq", "lloyd"])
 @pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("signed", [False, True])
-def test_n2uq_table_path_equals_bucketize_path(bits, signed, monkeypatch):
-    """Forward and every gradient of a trained-looking N2UQ quantizer on a large input are
-    bit-identical with the table search and with bucketize."""
+def test_table_path_equals_bucketize_path(method, bits, signed, monkeypatch):
+    """Forward and every gradient of a trained-looking N2UQ (resp. Lloyd-level) quantizer
+    on a large input are bit-identical with the table search and with bucketize."""
     torch.manual_seed(bits)
-    q = nuq.make_quantizer("n2uq", bits=bits, signed=signed)
+    q = nuq.make_quantizer(method, bits=bits, signed=signed)
     x0 = torch.randn(4, 16, 32, 32) * (1.0 if signed else 0.7)
     if not signed:
         x0 = x0.relu()
-    q.initialize(x0, method="mse")
-    with torch.no_grad():
-        q.widths.mul_(torch.rand_like(q.widths) + 0.5)  # unequal widths
+    q.initialize(x0, method="mse" if method == "n2uq" else q.init_methods[0])
+    if method == "n2uq":
+        with torch.no_grad():
+            q.widths.mul_(torch.rand_like(q.widths) + 0.5)  # unequal widths
     g = torch.randn_like(x0)
 
     def run():

@@ -42,7 +42,7 @@ clipping range:
 * ``pot``: the thresholds of a power-of-two set are 1.5 * 2^e, 2^e at the ends, so the cell is
   the float's sign, exponent and top mantissa bit (a shift of its bit pattern). Ties round
   away from zero and |x| = alpha counts as clipped.
-* ``lloyd`` (arbitrary levels): ``torch.bucketize`` on [lo, midpoints, 1] (slow; an ablation).
+* ``lloyd`` (arbitrary levels): ``binsearch.count_le`` (bucketize, right=False) on [lo, midpoints, 1].
 
 The backward pass gathers the per-cell tables at the saved cell (int16 when it fits) and
 needs no recomputation of x/alpha: sum(g * Pi * 1) - sum(g * x * inside) / alpha.
@@ -63,6 +63,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import STEP_FLOOR, Quantizer, compute_dtype, register_quantizer
+from .binsearch import count_le
 from .init import absmax, mse_search
 from .levelsets import additive_terms, level_set, lloyd_levels, signed_levels, uniform_levels
 
@@ -232,7 +233,7 @@ class RCFQuantizer(Quantizer):
             return key if v.dtype == torch.float32 else key + self._f32_cells
         table = self.table.to(v.dtype)
         bounds = torch.cat([table[:1], (table[1:] + table[:-1]) / 2, table[-1:]])
-        return torch.bucketize(v, bounds, out_int32=True)
+        return count_le(v, bounds, right=False)
 
     def _views(self, x: Tensor) -> tuple[Tensor, Tensor]:
         ct = compute_dtype(x)

@@ -1,6 +1,7 @@
 """Exact search of x among sorted boundaries, fast on CPU: ``count_le(x, bounds)`` equals
 ``torch.bucketize(x, bounds, right=True, out_int32=True)`` (the number of boundaries <= x,
-NaN counted above every boundary) element for element.
+NaN counted above every boundary) element for element; ``right=False`` (boundaries < x)
+likewise.
 
 CPU bucketize runs a branchy binary search per element and costs about as much as a whole
 fused LSQ forward+backward. Here the search is a table lookup on a uniform grid of bins:
@@ -94,17 +95,19 @@ def index_dtype(num_bounds: int) -> torch.dtype:
     return torch.uint8 if num_bounds <= 255 else torch.int16 if num_bounds < 2**15 else torch.int32
 
 
-def count_le(x: Tensor, bounds: Tensor) -> Tensor:
-    """Number of ``bounds`` (sorted ascending, same dtype as x) that are <= x, int32, the
-    shape of x: ``torch.bucketize(x, bounds, right=True, out_int32=True)``."""
-    return bucket_gather(x, bounds, None)[0].to(torch.int32)
+def count_le(x: Tensor, bounds: Tensor, right: bool = True) -> Tensor:
+    """Number of ``bounds`` (sorted ascending, same dtype as x) that are <= x (< x when
+    ``right=False``), int32, the shape of x: ``torch.bucketize(x, bounds, right=right,
+    out_int32=True)``."""
+    return bucket_gather(x, bounds, None, right=right)[0].to(torch.int32)
 
 
-def bucket_gather(x: Tensor, bounds: Tensor, values: Tensor | None,
-                  tables: BinTables | None = None) -> tuple[Tensor, Tensor | None]:
+def bucket_gather(x: Tensor, bounds: Tensor, values: Tensor | None, tables: BinTables | None = None,
+                  right: bool = True) -> tuple[Tensor, Tensor | None]:
     """(j, values[j]) with j = ``count_le(x, bounds)`` in ``index_dtype(len(bounds))`` and
     values[j] (``values``: [len(bounds) + 1], x's dtype) shaped like x; None without values.
     ``tables``: ``bin_tables(bounds)`` when the caller has it (default: built here on CPU).
+    ``right=False`` counts the boundaries < x instead (bucketize's ``right``).
 
     One search and one gather. On CPU it allocates two full-size float/int32 buffers and two
     byte-sized ones (fresh multi-MB allocations cost page faults, so the float buffer of the
@@ -113,7 +116,7 @@ def bucket_gather(x: Tensor, bounds: Tensor, values: Tensor | None,
         tables = bin_tables(bounds)
     small = index_dtype(bounds.numel())
     if tables is None:
-        j = torch.bucketize(x, bounds, right=True, out_int32=True)
+        j = torch.bucketize(x, bounds, right=right, out_int32=True)
         return j.to(small), (values.index_select(0, j.view(-1)).view(x.shape) if values is not None else None)
     base, cands = tables.base, tables.cands
     xf = x.contiguous().view(-1)
@@ -125,7 +128,7 @@ def bucket_gather(x: Tensor, bounds: Tensor, values: Tensor | None,
         torch.index_select(cand, 0, u, out=v)
         if t == len(cands) - 1:  # u is read for the last time: its bytes hold the comparison
             hit = u.view(torch.bool)[: xf.numel()]
-        torch.ge(xf, v, out=hit)
+        (torch.ge if right else torch.gt)(xf, v, out=hit)
         # same-dtype add: adding a bool to a wider int takes a slow casting loop
         j.add_(hit.view(torch.uint8) if small == torch.uint8 else hit.to(small))
     if values is None:
