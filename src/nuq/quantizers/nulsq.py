@@ -21,11 +21,12 @@ like LSQ in lsq.py). With all steps equal, the sum of the step gradients is LSQ'
 
 Steps are floored at ``STEP_FLOOR`` in the forward pass (zero gradient while below it).
 Performance: the forward pass is one nearest-level search (``torch.bucketize`` off CPU; on
-CPU a branch-free binary search of ``bits`` vectorised passes, 1.5-3x faster than CPU
-bucketize, whose per-element branches mispredict) and one gather; only x and a uint8 level
-index are saved. The backward pass gathers the levels again and reduces the per-element
-terms into per-interval sums with one ``index_add_``; the per-step division and the "every
-step gets 1 above the top level" term are then applied to the few per-interval sums.
+CPU the bin-table search of ``binsearch`` for large float32 inputs, else a branch-free
+binary search of ``bits`` vectorised passes; both beat CPU bucketize, whose per-element
+branches mispredict) and one gather; only x and a uint8 level index are saved. The
+backward pass gathers the levels again and reduces the per-element terms into
+per-interval sums with one ``index_add_``; the per-step division and the "every step gets
+1 above the top level" term are then applied to the few per-interval sums.
 """
 
 from __future__ import annotations
