@@ -173,3 +173,14 @@ def test_nulsq_table_path_equals_bucketize_path(bits, signed, monkeypatch):
     assert tabled == [True, True]
     for a, b in zip(table, bucket, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("method", ["n2uq", "nulsq", "lloyd"])
+def test_large_inputs_compile_fullgraph(method):
+    """Under torch.compile the table (which reads values on the host) is skipped for
+    bucketize; the compiled and eager results are the same."""
+    q = nuq.make_quantizer(method, bits=3)
+    x = torch.rand(MIN_NUMEL * 2) * 2.2
+    q.initialize(x, method=q.init_methods[0])
+    f = torch.compile(q.quantize, fullgraph=True, backend="eager")
+    assert torch.equal(f(x), q(x))

@@ -57,6 +57,14 @@ class BinTables(NamedTuple):
         return t.clamp_(0, nbins - 1).nan_to_num_(nan=float(nbins))
 
 
+def table_search_applies(x: Tensor, bounds: Tensor) -> bool:
+    """Whether the bin table pays off (large CPU input of the boundaries' dtype) and may be
+    built: its construction reads a few values on the host, which a ``torch.compile``
+    graph must not do (compiled graphs get bucketize, which the compiler lowers itself)."""
+    return (x.device.type == "cpu" and x.dtype == bounds.dtype and x.numel() >= MIN_NUMEL
+            and bounds.numel() > 1 and not torch.compiler.is_compiling())
+
+
 def bin_tables(bounds: Tensor, nbins: int = NUM_BINS) -> BinTables | None:
     """The lookup grid for sorted finite 1-D ``bounds``, or None when a window would hold
     more than ``MAX_CANDIDATES`` boundaries or the range is not finite. The grid spans
@@ -112,7 +120,7 @@ def bucket_gather(x: Tensor, bounds: Tensor, values: Tensor | None, tables: BinT
     One search and one gather. On CPU it allocates two full-size float/int32 buffers and two
     byte-sized ones (fresh multi-MB allocations cost page faults, so the float buffer of the
     bin coordinate is reused for the candidates and the gathered values)."""
-    if tables is None and x.device.type == "cpu" and x.numel() >= MIN_NUMEL and bounds.numel() > 1:
+    if tables is None and table_search_applies(x, bounds):
         tables = bin_tables(bounds)
     small = index_dtype(bounds.numel())
     if tables is None:

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import STEP_FLOOR, Quantizer, register_quantizer
-from .binsearch import MIN_NUMEL, bin_tables, bucket_gather
+from .binsearch import bin_tables, bucket_gather, table_search_applies
 from .init import absmax, lsq_step, mse_search
 from .lsq import LSQQuantizer, lsq_fake_quant
 
@@ -71,8 +71,8 @@ def level_search(xf: Tensor, lv: Tensor, bits: int, search: bool | None = None) 
     bin-table search (``binsearch``), a constant number of passes at any bit width."""
     if search is None:
         search = xf.device.type == "cpu"
-    if search and xf.dtype == lv.dtype and xf.numel() >= MIN_NUMEL:
-        thr = (lv[1:] + lv[:-1]) * 0.5
+    thr = (lv[1:] + lv[:-1]) * 0.5
+    if search and table_search_applies(xf, thr):
         tables = bin_tables(thr)
         if tables is not None:
             return bucket_gather(xf, thr, lv, tables)
