@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .tensor_data import epoch_indices
+from .tensor_data import epoch_indices, subset_indices
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -55,11 +55,9 @@ class FolderDataset:
 
     def subset(self, n: int | None, seed: int = 0) -> FolderDataset:
         """A random subset of ``n`` images (None = all)."""
-        if n is None or n >= len(self):
+        idx = subset_indices(len(self), n, seed)
+        if idx is None:
             return self
-        if n < 1:
-            raise ValueError(f"subset={n}; allowed: a positive int or None")
-        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
         return replace(self, files=[self.files[i] for i in idx.tolist()], labels=self.labels[idx])
 
     def normalize(self, x: Tensor) -> Tensor:

@@ -33,11 +33,9 @@ class TensorDataset:
 
     def subset(self, n: int | None, seed: int = 0) -> TensorDataset:
         """A class-balanced-in-expectation random subset of ``n`` samples (None = all)."""
-        if n is None or n >= len(self):
+        idx = subset_indices(len(self), n, seed)
+        if idx is None:
             return self
-        if n < 1:
-            raise ValueError(f"subset={n}; allowed: a positive int or None")
-        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
         return TensorDataset(self.images[idx], self.labels[idx], self.mean, self.std, self.num_classes)
 
     def normalize(self, x: Tensor) -> Tensor:
@@ -64,6 +62,16 @@ def random_crop_flip(x: Tensor, pad: int, flip: bool, gen: torch.Generator) -> T
         mask = torch.rand(b, generator=gen) < 0.5
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x
+
+
+def subset_indices(length: int, n: int | None, seed: int) -> Tensor | None:
+    """Indices of a seeded random subset of ``n`` of ``length`` samples, or None when ``n``
+    asks for everything (None or >= length)."""
+    if n is None or n >= length:
+        return None
+    if n < 1:
+        raise ValueError(f"subset={n}; allowed: a positive int or None")
+    return torch.randperm(length, generator=torch.Generator().manual_seed(seed))[:n]
 
 
 def epoch_indices(n: int, train: bool, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> Tensor:
