@@ -107,7 +107,10 @@ def count_le(x: Tensor, bounds: Tensor, right: bool = True) -> Tensor:
     """Number of ``bounds`` (sorted ascending, same dtype as x) that are <= x (< x when
     ``right=False``), int32, the shape of x: ``torch.bucketize(x, bounds, right=right,
     out_int32=True)``."""
-    return bucket_gather(x, bounds, None, right=right)[0].to(torch.int32)
+    tables = bin_tables(bounds) if table_search_applies(x, bounds) else None
+    if tables is None:  # straight to int32: no round trip through the small index dtype
+        return torch.bucketize(x, bounds, right=right, out_int32=True)
+    return bucket_gather(x, bounds, None, tables, right)[0].to(torch.int32)
 
 
 def bucket_gather(x: Tensor, bounds: Tensor, values: Tensor | None, tables: BinTables | None = None,
@@ -142,8 +145,5 @@ def bucket_gather(x: Tensor, bounds: Tensor, values: Tensor | None, tables: BinT
     if values is None:
         return j.view(x.shape), None
     u.copy_(j)
-    if values.dtype == v.dtype:
-        y = torch.index_select(values, 0, u, out=v)
-    else:
-        y = values.index_select(0, u)
+    y = torch.index_select(values, 0, u, out=v)  # values share x's dtype, hence v's
     return j.view(x.shape), y.view(x.shape)

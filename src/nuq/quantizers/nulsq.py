@@ -197,8 +197,7 @@ class NuLSQQuantizer(Quantizer):
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
-        lv = self.levels()
-        return level_search(x.contiguous().view(-1), lv, self.bits)[0].view(x.shape)
+        return level_search(x.contiguous().view(-1), self.levels(), self.bits)[0].view(x.shape)
 
     def _initialize(self, x: Tensor, method: str) -> None:
         if method == "lsq":
