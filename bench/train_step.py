@@ -1,56 +1,92 @@
-"""Time of one W2A2 QAT training step of ResNet-20 relative to the float step (batch
-128, Fashion-MNIST size 1x28x28), measured in one run.
+"""Time of one training step of ResNet-20 (batch 128, Fashion-MNIST size 1x28x28), float and
+W2A2 QAT, under every execution setting of ``train:`` (fp32/bf16, eager/compiled,
+channels_last), measured in one interleaved run at the machine's default thread count.
 
-    python bench/train_step.py [--method lsq] [--batch 128] [--width 16]
+Each candidate is warmed up (compiled ones until their compile is done, whose time is
+printed), then the candidates take turns, one step each per round, and the median of the
+rounds is kept, so drift on a shared machine hits every candidate alike. Ratios are given to
+the float step of the same setting and to the fp32 eager float step.
+
+    python bench/train_step.py [--methods lsq nulsq apot n2uq lcq] [--settings fp32 bf16-cl-compile]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import statistics
 import time
 
 import torch
 
 import nuq
+from nuq.train import execution as ex
+
+SETTINGS = {
+    "fp32": ex.TrainConfig(),
+    "fp32-compile": ex.TrainConfig(compile=True),
+    "bf16": ex.TrainConfig(precision="bf16"),
+    "bf16-cl": ex.TrainConfig(precision="bf16", channels_last=True),
+    "bf16-cl-compile": ex.TrainConfig(precision="bf16", channels_last=True, compile=True),
+}
 
 
-def step_time(model, x, y, reps):
+def make_step(model, tc: ex.TrainConfig, x, y):
+    model = ex.to_memory_format(model, tc)
+    run = ex.maybe_compile(model, tc)
+    x = ex.input_format(x, tc)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    dev = torch.device("cpu")
 
     def step():
         opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
+        with ex.autocast(tc, dev):
+            loss = torch.nn.functional.cross_entropy(run(x).float(), y)
+        loss.backward()
         opt.step()
 
-    for _ in range(3):
-        step()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return times[len(times) // 2]
+    return step
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--methods", nargs="*", default=None)
+    ap.add_argument("--methods", nargs="*", default=["lsq", "nulsq", "apot", "n2uq", "lcq"])
+    ap.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--width", type=int, default=16)
-    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=15)
     args = ap.parse_args()
     torch.manual_seed(0)
     x = torch.randn(args.batch, 1, 28, 28)
     y = torch.randint(0, 10, (args.batch,))
     model = nuq.create_model("resnet20", num_classes=10, in_channels=1, width=args.width)
-    t_float = step_time(model, x, y, args.reps)
-    print(f"ResNet-20 width {args.width}, batch {args.batch}, {torch.get_num_threads()} threads; median of {args.reps}")
-    print(f"float step {t_float * 1e3:.1f} ms")
-    for m in args.methods or ["lsq"]:
-        qm = nuq.prepare(model, nuq.QATConfig(weight=m, act=m, w_bits=2, a_bits=2), calib=[x])
-        t = step_time(qm, x, y, args.reps)
-        print(f"{m:8s} W2A2 step {t * 1e3:.1f} ms  ratio to float {t / t_float:.2f}x")
+    models = {"float": model}
+    for m in args.methods:
+        models[m] = nuq.prepare(model, nuq.QATConfig(weight=m, act=m, w_bits=2, a_bits=2), calib=[x])
+    steps, warm = {}, {}
+    for s in args.settings:
+        for name, mdl in models.items():
+            fn = make_step(copy.deepcopy(mdl), SETTINGS[s], x, y)
+            t = time.perf_counter()
+            for _ in range(3):
+                fn()
+            warm[(name, s)] = time.perf_counter() - t
+            steps[(name, s)] = fn
+    times: dict[tuple[str, str], list[float]] = {k: [] for k in steps}
+    for _ in range(args.rounds):
+        for k, fn in steps.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = med[("float", "fp32")] if ("float", "fp32") in med else None
+    print(f"ResNet-20 width {args.width}, batch {args.batch}, {torch.get_num_threads()} threads, "
+          f"median of {args.rounds} interleaved rounds")
+    print(f"{'model':8s} {'setting':16s} {'ms':>8s} {'/float same':>11s} {'/fp32 float':>11s} {'warm-up s':>9s}")
+    for (name, s), t in med.items():
+        same = t / med[("float", s)]
+        rel = f"{t / base:11.2f}" if base else f"{'-':>11s}"
+        print(f"{name:8s} {s:16s} {t * 1e3:8.1f} {same:11.2f} {rel} {warm[(name, s)]:9.1f}")
 
 
 if __name__ == "__main__":

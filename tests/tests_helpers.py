@@ -26,3 +26,19 @@ def sigkill_after_first_checkpoint(proc, ckpt: Path, group: bool = False, timeou
             os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert ckpt.exists(), f"no checkpoint appeared at {ckpt}"
+
+
+#: how a quantizer is run in the gradient-reference tests: eagerly, and through
+#: torch.compile(fullgraph=True), whose traced graph takes the compile-only (unrolled) paths
+MODES = ("eager", "compiled")
+
+
+def run_quantizer(q, x, mode: str):
+    """``q(x)`` in ``mode``. The compiled mode uses the aot_eager backend: the very graph
+    (forward and backward) inductor would receive, without its C++ build."""
+    if mode == "eager":
+        return q(x)
+    import torch
+
+    torch._dynamo.reset()
+    return torch.compile(q, backend="aot_eager", fullgraph=True)(x)

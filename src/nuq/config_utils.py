@@ -87,3 +87,18 @@ def check_choice(value: Any, allowed: typing.Iterable[Any], arg: str) -> None:
     allowed = list(allowed)
     if value not in allowed:
         raise ValueError(f"{arg}={value!r}; allowed: {', '.join(map(repr, allowed))}")
+
+
+def check_type(value: Any, tp: type, arg: str, positive: bool = False) -> None:
+    """ValueError naming ``arg`` unless ``value`` is a ``tp`` (a bool is not an int, an
+    int is a float), positive when asked."""
+    ok = isinstance(value, tp) and not (tp is not bool and isinstance(value, bool))
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and positive and not value > 0:
+        ok = False
+    if not ok:
+        what = {bool: "true or false", int: "int", float: "number", str: "string"}.get(tp, tp.__name__)
+        if tp is not bool:
+            what = f"a positive {what}" if positive else f"an {what}" if what[0] in "aeiou" else f"a {what}"
+        raise ValueError(f"{arg}={value!r}; allowed: {what}")

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from tests_helpers import MODES, run_quantizer
 
 import nuq
 from nuq.quantizers import make_quantizer
@@ -36,12 +37,13 @@ def make(name, bits, signed, alpha, **kw):
 @pytest.mark.parametrize("name", RCF)
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
 @pytest.mark.parametrize("signed", [False, True])
-def test_forward_and_gradients_match_eq7_eq8(name, bits, signed):
+@pytest.mark.parametrize("mode", MODES)
+def test_forward_and_gradients_match_eq7_eq8(name, bits, signed, mode):
     alpha = 0.83
     q = make(name, bits, signed, alpha)
     x = (torch.randn(4000, dtype=torch.float64) * 0.7).requires_grad_()
     g = torch.randn(4000, dtype=torch.float64)
-    y = q(x)
+    y = run_quantizer(q, x, mode)
     (y * g).sum().backward()
     ry, rdx, rda = reference(x.detach(), alpha, level_set(name, bits, signed), signed)
     torch.testing.assert_close(y.detach(), ry, atol=1e-12, rtol=0)

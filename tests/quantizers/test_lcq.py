@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from tests_helpers import MODES, run_quantizer
 
 import nuq
 
@@ -28,7 +29,8 @@ def lcq_autograd(x, alpha, theta, n, signed):
 @pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("signed", [False, True])
 @pytest.mark.parametrize("grad_scale", [None, "lsq"])
-def test_lcq_matches_autograd_reference(bits, signed, grad_scale):
+@pytest.mark.parametrize("mode", MODES)
+def test_lcq_matches_autograd_reference(bits, signed, grad_scale, mode):
     gen = torch.Generator().manual_seed(bits + 10 * signed)
     q = nuq.make_quantizer("lcq", bits=bits, signed=signed, grad_scale=grad_scale).double()
     q.theta.data = torch.randn(16, generator=gen, dtype=torch.float64) * 0.7
@@ -36,7 +38,7 @@ def test_lcq_matches_autograd_reference(bits, signed, grad_scale):
     q.mark_initialized()
     x = (torch.randn(3000, generator=gen, dtype=torch.float64) * 2).requires_grad_()
     g = torch.randn(3000, generator=gen, dtype=torch.float64)
-    y = q(x)
+    y = run_quantizer(q, x, mode)
     (y * g).sum().backward()
     xr = x.detach().clone().requires_grad_()
     al = q.alpha.detach().clone().requires_grad_()

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from tests_helpers import MODES, run_quantizer
 
 import nuq
 
@@ -26,14 +27,15 @@ def ref_lsq(x, s, qn, qp):
 @pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("signed", [False, True])
 @pytest.mark.parametrize("grad_scale", [None, "lsq"])
-def test_lsq_matches_reference(bits, signed, grad_scale):
+@pytest.mark.parametrize("mode", MODES)
+def test_lsq_matches_reference(bits, signed, grad_scale, mode):
     q = nuq.make_quantizer("lsq", bits=bits, signed=signed, grad_scale=grad_scale).double()
     s = 0.37
     q.step.data.fill_(s)
     q.mark_initialized()
     x = (torch.randn(500, dtype=torch.float64) * 2).requires_grad_()
     g = torch.randn(500, dtype=torch.float64)
-    y = q(x)
+    y = run_quantizer(q, x, mode)
     (y * g).sum().backward()
     ry, rdx, rds = ref_lsq(x.detach(), s, q.qn, q.qp)
     torch.testing.assert_close(y.detach(), ry, atol=1e-12, rtol=0)

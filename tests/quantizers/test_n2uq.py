@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from tests_helpers import MODES, run_quantizer
 
 import nuq
 from nuq.quantizers.n2uq import WIDTH_FLOOR
@@ -65,7 +66,8 @@ def _make(bits, signed, s, a, b1, b2, grad_scale=None):
 @pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("signed", [False, True])
 @pytest.mark.parametrize("grad_scale", [None, "lsq"])
-def test_n2uq_matches_per_element_reference(bits, signed, grad_scale):
+@pytest.mark.parametrize("mode", MODES)
+def test_n2uq_matches_per_element_reference(bits, signed, grad_scale, mode):
     m = 2**bits - 1
     gen = torch.Generator().manual_seed(bits + 10 * signed)
     a = (torch.rand(m, generator=gen, dtype=torch.float64) * 0.5 + 0.05).tolist()
@@ -76,7 +78,7 @@ def test_n2uq_matches_per_element_reference(bits, signed, grad_scale):
     hi = (s + sum(a)) / b1
     x = (s / b1 - 0.3 + torch.rand(n, generator=gen, dtype=torch.float64) * (hi - s / b1 + 0.6)).requires_grad_()
     g = torch.randn(n, generator=gen, dtype=torch.float64)
-    y = q(x)
+    y = run_quantizer(q, x, mode)
     (y * g).sum().backward()
     ry, rdx, rds, rda, rdb1, rdb2 = ref_n2uq(x.detach(), s, a, b1, b2, signed)
     torch.testing.assert_close(y.detach(), ry, atol=1e-12, rtol=0)

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from tests_helpers import MODES, run_quantizer
 
 import nuq
 from nuq.quantizers.nulsq import _search_cpu, nearest_level
@@ -90,13 +91,14 @@ def probe_points(lv, gen, n=300):
 @pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("signed", [False, True])
 @pytest.mark.parametrize("grad_scale", [None, "lsq"])
-def test_matches_reference(bits, signed, grad_scale):
+@pytest.mark.parametrize("mode", MODES)
+def test_matches_reference(bits, signed, grad_scale, mode):
     gen = torch.Generator().manual_seed(bits * 10 + signed)
     pos, neg = random_steps(bits, signed, gen)
     q = make(bits, signed, grad_scale, (pos, neg))
     x = probe_points(q.levels(), gen).requires_grad_()
     g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
-    y = q(x)
+    y = run_quantizer(q, x, mode)
     (y * g).sum().backward()
     ry, rdx, rdp, rdn = ref_nulsq(x.detach(), pos, neg)
     torch.testing.assert_close(y.detach(), ry, atol=1e-12, rtol=0)

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from tests_helpers import MODES, run_quantizer
 
 import nuq
 from nuq.nn.transforms import make_transform
@@ -19,12 +20,13 @@ def make_pact(bits, signed, alpha, **kw):
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("signed", [False, True])
 @pytest.mark.parametrize("grad_scale", [None, "lsq"])
-def test_pact_matches_reference(bits, signed, grad_scale):
+@pytest.mark.parametrize("mode", MODES)
+def test_pact_matches_reference(bits, signed, grad_scale, mode):
     alpha = 1.7
     q = make_pact(bits, signed, alpha, grad_scale=grad_scale)
     x = (torch.randn(3000, dtype=torch.float64) * 1.5).requires_grad_()
     g = torch.randn(3000, dtype=torch.float64)
-    (q(x) * g).sum().backward()
+    (run_quantizer(q, x, mode) * g).sum().backward()
     xd = x.detach()
     qp = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
     lo = -alpha if signed else 0.0

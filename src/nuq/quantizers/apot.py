@@ -66,6 +66,7 @@ from .base import STEP_FLOOR, Quantizer, compute_dtype, register_quantizer
 from .binsearch import count_le
 from .init import absmax, mse_search
 from .levelsets import additive_terms, level_set, lloyd_levels, signed_levels, uniform_levels
+from .unrolled import compiling
 
 #: Most cells of the linear lookup table; larger grids fall back to ``bucketize``.
 LINEAR_LIMIT = 1 << 20
@@ -87,6 +88,8 @@ def _rowdot(a: Tensor, b: Tensor, per_channel: bool) -> Tensor:
     """sum(a * b) per tensor, or per row of axis 0, without an elementwise temporary when possible."""
     if per_channel:
         return (a.reshape(a.shape[0], -1) * b.reshape(b.shape[0], -1)).sum(1)
+    if compiling():  # a plain reduction fuses with the elementwise work around it; dot does not
+        return (a * b).sum()
     return torch.dot(a.reshape(-1), b.reshape(-1))
 
 

@@ -28,6 +28,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from . import unrolled
+
 #: bins of the lookup grid
 NUM_BINS = 4096
 #: boundaries per 3-bin window handled by the table (one compare pass each)
@@ -107,6 +109,8 @@ def count_le(x: Tensor, bounds: Tensor, right: bool = True) -> Tensor:
     """Number of ``bounds`` (sorted ascending, same dtype as x) that are <= x (< x when
     ``right=False``), int32, the shape of x: ``torch.bucketize(x, bounds, right=right,
     out_int32=True)``."""
+    if unrolled.unrolled(bounds.numel()):
+        return unrolled.count_le(x, bounds, right)
     tables = bin_tables(bounds) if table_search_applies(x, bounds) else None
     if tables is None:  # straight to int32: no round trip through the small index dtype
         return torch.bucketize(x, bounds, right=right, out_int32=True)

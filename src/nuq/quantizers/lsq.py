@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from .base import STEP_FLOOR, Quantizer, compute_dtype, register_quantizer
 from .init import absmax, lsq_step, mse_search
+from .unrolled import compiling
 
 
 def lsq_fake_quant(x: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:
@@ -47,15 +48,24 @@ def _dot(a: Tensor, b: Tensor, per_channel: bool) -> Tensor:
     return torch.bmm(a2, b2).reshape(-1)
 
 
+def fused_formula(x: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:
+    """What ``fused_fake_quant`` computes, clamp(round(x * (1/s))) * s, as plain ops that
+    inductor fuses with its neighbours (PyTorch's fake-quant kernel is an opaque call)."""
+    return torch.round(x * torch.reciprocal(step)).clamp(-qn, qp) * step
+
+
 class _LSQFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, step: Tensor, qn: int, qp: int, gscale: float) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, step)
         ctx.qn, ctx.qp, ctx.gscale = qn, qp, gscale
-        if x.dtype == torch.float32 and step.dtype == torch.float32:
+        fp32 = x.dtype == torch.float32 and step.dtype == torch.float32
+        if fp32 and not compiling():
             return fused_fake_quant(x, step, qn, qp)
         ct = compute_dtype(x)
         s = step.view((-1,) + (1,) * (x.dim() - 1)) if step.dim() else step
+        if fp32:
+            return fused_formula(x, s, qn, qp)
         return lsq_fake_quant(x.to(ct), s.to(ct), qn, qp).to(x.dtype)
 
     @staticmethod
@@ -70,9 +80,14 @@ class _LSQFunction(torch.autograd.Function):
         # inside <=> not clipped: -Qn < v <= Qp (the lower edge counts as clipped, Eq. 4)
         inside = (c == v) & (v != -qn)
         grad_x = g * inside
-        # Eq. 4 summed over elements: sum g*round(c) - sum g*v*1[inside] = <g, round(c)> - <grad_x, c>
         g32 = g.to(ct)
-        grad_s = _dot(g32, c.round(), per_channel) - _dot(grad_x.to(ct), c, per_channel)
+        if compiling():
+            # one fused loop: the same sum as below, written as a plain reduction
+            w = g32 * (c.round() - torch.where(inside, c, 0))
+            grad_s = w.reshape(w.shape[0], -1).sum(1) if per_channel else w.sum()
+        else:
+            # Eq. 4 summed over elements: sum g*round(c) - sum g*v*1[inside] = <g, round(c)> - <grad_x, c>
+            grad_s = _dot(g32, c.round(), per_channel) - _dot(grad_x.to(ct), c, per_channel)
         return grad_x, (grad_s * ctx.gscale).to(step.dtype), None, None, None
 
 

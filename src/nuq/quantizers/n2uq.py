@@ -55,6 +55,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from . import unrolled
 from .base import STEP_FLOOR, Quantizer, compute_dtype, register_quantizer
 from .binsearch import bucket_gather
 from .init import absmax, mse_search
@@ -100,7 +101,11 @@ def n2uq_search(x: Tensor, start: Tensor, widths: Tensor, scale_in: Tensor,
     full-size temporary less."""
     ct = compute_dtype(x)
     _, merged = n2uq_boundaries(start.to(ct), widths.to(ct))
-    return bucket_gather(x.to(ct), merged / scale_in.to(ct), values)
+    bounds = merged / scale_in.to(ct)
+    if unrolled.unrolled(bounds.numel()):
+        j = unrolled.count_le(x.to(ct), bounds)
+        return j.to(torch.uint8), (values[j] if values is not None else None)
+    return bucket_gather(x.to(ct), bounds, values)
 
 
 class _N2UQFunction(torch.autograd.Function):
@@ -132,6 +137,18 @@ class _N2UQFunction(torch.autograd.Function):
         slope = torch.cat([zero, (common * b1 / a).repeat_interleave(2), zero])
 
         need_params = any(ctx.needs_input_grad[1:5])
+        lvn = n2uq_normalized_levels(m, ctx.signed, ct, x.device).repeat_interleave(2)
+        if unrolled.compiling() and j.shape == g.shape:
+            # one fused loop: masked sums per G-STE interval instead of index_add_
+            grad_x = (slope[jl] * gf).view(g.shape).to(g.dtype) if ctx.needs_input_grad[0] else None
+            if not need_params:
+                return grad_x, None, None, None, None, None, None
+            k = torch.div(jl + 1, 2, rounding_mode="floor")  # 0 below d_0, m + 1 above d_m
+            xl = x.reshape(-1).to(ct)
+            s0 = unrolled.interval_sums(k, gf, m + 2)[1 : m + 1]
+            gx = unrolled.interval_sums(k, gf * xl, m + 2)[1 : m + 1]
+            g_b2 = (gf * lvn[jl]).sum()
+            return (grad_x, *_param_grads(ctx, s0, gx, g_b2, a, d, b1, common, start, widths, scale_in, scale_out))
         buf = None
         if need_params:
             # per merged-index sums of g and g*x (index_add_ beats bincount on CPU and GPU)
@@ -149,16 +166,23 @@ class _N2UQFunction(torch.autograd.Function):
 
         s0 = s0j[1:-1].view(m, 2).sum(1)  # sum of g over G-STE interval k = 1..m
         gx = gxj[1:-1].view(m, 2).sum(1)  # sum of g*x over interval k
-        s1 = b1 * gx - d[:-1] * s0  # sum of g*(x' - d_{k-1}) over interval k
-        per = s0 / a  # sum of g/a_k over interval k
-        later = per.flip(0).cumsum(0).flip(0) - per  # sum over intervals k > i
-        gs = ctx.gscale
-        grad_w = (common * (-s1 / (a * a) - later) * gs).to(widths.dtype)
-        grad_s = (-common * per.sum() * gs).to(start.dtype)
-        grad_b1 = (common * (gx / a).sum() * gs).to(scale_in.dtype)
-        lvn = n2uq_normalized_levels(m, ctx.signed, ct, x.device).repeat_interleave(2)
-        grad_b2 = ((s0j * lvn).sum() * gs).to(scale_out.dtype)
-        return grad_x, grad_s, grad_w, grad_b1, grad_b2, None, None
+        g_b2 = (s0j * lvn).sum()
+        return (grad_x, *_param_grads(ctx, s0, gx, g_b2, a, d, b1, common, start, widths, scale_in, scale_out))
+
+
+def _param_grads(ctx, s0: Tensor, gx: Tensor, g_b2: Tensor, a: Tensor, d: Tensor, b1: Tensor, common: Tensor,
+                 start: Tensor, widths: Tensor, scale_in: Tensor, scale_out: Tensor) -> tuple:
+    """Eq. 13 and the scale gradients from the per-interval sums of g (s0) and g*x (gx) and
+    the sum of g times the normalised level (g_b2); [m]-sized arithmetic."""
+    s1 = b1 * gx - d[:-1] * s0  # sum of g*(x' - d_{k-1}) over interval k
+    per = s0 / a  # sum of g/a_k over interval k
+    later = per.flip(0).cumsum(0).flip(0) - per  # sum over intervals k > i
+    gs = ctx.gscale
+    grad_w = (common * (-s1 / (a * a) - later) * gs).to(widths.dtype)
+    grad_s = (-common * per.sum() * gs).to(start.dtype)
+    grad_b1 = (common * (gx / a).sum() * gs).to(scale_in.dtype)
+    grad_b2 = (g_b2 * gs).to(scale_out.dtype)
+    return grad_s, grad_w, grad_b1, grad_b2, None, None
 
 
 @register_quantizer("n2uq")

@@ -36,6 +36,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from . import unrolled
 from .base import STEP_FLOOR, Quantizer, register_quantizer
 from .binsearch import bin_tables, bucket_gather, table_search_applies
 from .init import absmax, lsq_step, mse_search
@@ -112,17 +113,23 @@ class _NuLSQFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, pos: Tensor, neg: Tensor | None, bits: int, gscale: float) -> Tensor:  # type: ignore[override]
         lv = level_table(pos, neg)
+        ctx.bits, ctx.gscale = bits, gscale
+        if unrolled.unrolled(lv.numel() - 1):
+            # compiled: comparisons against the thresholds, fused into one loop
+            k = unrolled.count_le(x, (lv[1:] + lv[:-1]) * 0.5)
+            ctx.save_for_backward(x, k.to(torch.uint8), pos, neg)
+            return lv.to(x.dtype)[k]
         xf = x.contiguous().view(-1)
         code, y = level_search(xf, lv, bits)
         # only x and the uint8 level index are kept; the backward recomputes the rest
         ctx.save_for_backward(xf, code, pos, neg)
-        y = y.view(x.shape)
-        ctx.bits, ctx.gscale = bits, gscale
-        return y
+        return y.view(x.shape)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         xf, code, pos, neg = ctx.saved_tensors
+        if unrolled.compiling() and xf.shape == g.shape:
+            return _backward_unrolled(ctx, g, xf, code, pos, neg)
         lv = level_table(pos, neg)
         nlev = lv.numel()
         ct = torch.promote_types(xf.dtype, lv.dtype)
@@ -144,13 +151,41 @@ class _NuLSQFunction(torch.autograd.Function):
             # per element: g*(Q-x) inside (divided by the interval's step below), g outside
             w = torch.addcmul(gf, gx, d.sub_(1), out=d)
             sums = torch.zeros(nlev + 1, dtype=ct, device=xf.device).index_add_(0, j, w)
-            nn_ = 0 if neg is None else neg.numel()
-            sp = pos.to(ct)
-            grad_pos = ((sums[nn_ + 1 : nlev] / sp + sums[nlev]) * ctx.gscale).to(pos.dtype)
-            if neg is not None:
-                sn = neg.to(ct)
-                grad_neg = ((sums[1 : nn_ + 1].flip(0) / sn - sums[0]) * ctx.gscale).to(neg.dtype)
+            grad_pos, grad_neg = _step_grads(sums, pos, neg, ctx.gscale)
         return grad_x, grad_pos, grad_neg, None, None
+
+
+def _step_grads(sums: Tensor, pos: Tensor, neg: Tensor | None, gscale: float) -> tuple[Tensor, Tensor | None]:
+    """Step gradients from the per-interval sums (interval 0 below the range, nlev above):
+    the interval's sum divided by its step, plus 1 per element above the top level (minus 1
+    per element below the bottom one for the negative steps)."""
+    nlev = sums.numel() - 1
+    nn_ = 0 if neg is None else neg.numel()
+    ct = sums.dtype
+    grad_pos = ((sums[nn_ + 1 : nlev] / pos.to(ct) + sums[nlev]) * gscale).to(pos.dtype)
+    grad_neg = None
+    if neg is not None:
+        grad_neg = ((sums[1 : nn_ + 1].flip(0) / neg.to(ct) - sums[0]) * gscale).to(neg.dtype)
+    return grad_pos, grad_neg
+
+
+def _backward_unrolled(ctx, g: Tensor, x: Tensor, code: Tensor, pos: Tensor, neg: Tensor | None):
+    """The backward pass as one fused loop (under torch.compile): the same per-element terms
+    as the eager pass, reduced by one masked sum per interval instead of ``index_add_``."""
+    lv = level_table(pos, neg)
+    nlev = lv.numel()
+    ct = torch.promote_types(x.dtype, lv.dtype)
+    j = code.to(torch.int32)
+    d = lv.to(ct)[j] - x.to(ct)  # Q(x) - x
+    j = j + (d < 0).to(torch.int32)  # interval (lv[j-1], lv[j]]: 0 below the range, nlev above
+    inside = (j != 0) & (j != nlev)
+    gc = g.to(ct)
+    grad_x = torch.where(inside, g, 0) if ctx.needs_input_grad[0] else None
+    if not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+        return grad_x, None, None, None, None
+    w = torch.where(inside, gc * d, gc)
+    grad_pos, grad_neg = _step_grads(unrolled.interval_sums(j, w, nlev + 1), pos, neg, ctx.gscale)
+    return grad_x, grad_pos, grad_neg, None, None
 
 
 @register_quantizer("nulsq")

@@ -14,6 +14,7 @@ import yaml
 
 from ..config_utils import apply_overrides, check_choice, from_dict, to_dict
 from ..qconfig import QATConfig
+from .execution import TrainConfig
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -108,6 +109,8 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     qat: QATConfig | None = None
     distill: DistillConfig = field(default_factory=DistillConfig)
+    #: how the run is computed (precision, channels_last, compile): not part of its identity
+    train: TrainConfig = field(default_factory=TrainConfig)
     init_from: str | None = None
     calib_batches: int = 8
     ckpt_every_steps: int | None = None
@@ -125,13 +128,20 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
+    def identity(self) -> dict[str, Any]:
+        """What the run computes: the config less the execution settings of ``train``
+        (a checkpoint written under bf16 resumes under fp32, compiled or not)."""
+        d = self.to_dict()
+        d.pop("train")
+        return d
+
 
 def same_config(saved: dict[str, Any], cfg: RunConfig) -> bool:
     """Whether a checkpoint's config dict describes ``cfg``. Keys the saved dict lacks (a
     checkpoint written before they existed) count at their defaults; a dict that does not
     parse (keys of a newer version) is a different config."""
     try:
-        return config_from_dict(saved).to_dict() == cfg.to_dict()
+        return config_from_dict(saved).identity() == cfg.identity()
     except ValueError:
         return False
 

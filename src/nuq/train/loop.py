@@ -26,6 +26,7 @@ from .. import __version__
 from ..data import load_dataset, make_loader
 from ..prepare import quantizer_parameters, signed_inputs
 from . import distributed as ddp
+from . import execution as ex
 from .build import build_model, qat_summary, rebuild
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, write_json
 from .config import RunConfig, same_config, save_config
@@ -35,7 +36,20 @@ from .tblog import TensorBoardLog
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or Inf; the last checkpoint on disk is the last good state."""
+    """The loss, a parameter or a buffer became NaN or Inf; the last checkpoint on disk is
+    the last good state."""
+
+
+def nonfinite_state(model: nn.Module) -> list[str]:
+    """Names of the floating-point parameters and buffers holding NaN or Inf (one host
+    read for the whole model)."""
+    items = [(k, v) for k, v in model.state_dict().items() if v.is_floating_point() and v.numel()]
+    if not items:
+        return []
+    ok = torch.stack([torch.isfinite(v).all() for _, v in items])
+    if bool(ok.all()):
+        return []
+    return [k for (k, _), good in zip(items, ok.tolist()) if not good]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,6 +112,7 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ValueError(f"data.batch_size={d.batch_size} exceeds the {len(train_set)} training samples")
         self.total_steps = self.steps_per_epoch * cfg.epochs
+        ex.check_execution(cfg.train, self.device)
         self.teacher = self._load_teacher()
 
     def _load_teacher(self) -> nn.Module | None:
@@ -131,6 +146,10 @@ class Trainer:
             "optimizers": [o.state_dict() for o in self.opts], "schedulers": [s.state_dict() for s in self.scheds],
             "step": step, "history": self.history, "rng_cpu": torch.get_rng_state(),
             "num_classes": self.num_classes, "in_channels": self.in_channels,
+            # running sums of the epoch so far (loss * n, correct, n, seconds), so that a
+            # resumed epoch logs the statistics of all its batches
+            "epoch_sums": self._sums.detach().cpu(),
+            **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
         }
 
     def _restore(self, ckpt: dict[str, Any]) -> int:
@@ -141,7 +160,12 @@ class Trainer:
             sch.load_state_dict(s)
         torch.set_rng_state(ckpt["rng_cpu"])
         self.history = list(ckpt["history"])
-        return int(ckpt["step"])
+        if self.scaler is not None and "grad_scaler" in ckpt:  # absent when saved under bf16/fp32
+            self.scaler.load_state_dict(ckpt["grad_scaler"])
+        step = int(ckpt["step"])
+        if step % self.steps_per_epoch and "epoch_sums" in ckpt:
+            self._resumed_sums = ckpt["epoch_sums"].to(torch.float64)
+        return step
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -158,11 +182,14 @@ class Trainer:
         else:
             self.model = build_model(cfg, self.num_classes, self.in_channels, self._calib_batches(), self.device)
             self.model.to(self.device)
-        self.bare = self.model
-        self.model = ddp.wrap(self.model, self.dist, self.device, cfg.sync_bn)
+        self.bare = ex.to_memory_format(self.model, cfg.train)
+        self.model = ex.maybe_compile(ddp.wrap(self.bare, self.dist, self.device, cfg.sync_bn), cfg.train)
         self.opts = build_optimizers(self.bare, cfg)
         self.scheds = self._schedulers(self.opts)
+        self.scaler = ex.grad_scaler(cfg.train, self.device)
         self.history: list[dict[str, Any]] = []
+        self._sums = torch.zeros(4, dtype=torch.float64)
+        self._resumed_sums: torch.Tensor | None = None
         step = self._restore(ckpt) if ckpt is not None else 0
         if main:
             save_config(cfg, self.out / "config.yaml")
@@ -200,50 +227,92 @@ class Trainer:
             raise RuntimeError(f"DDP ranks hold different models after epoch {row['epoch']}: checksums {sums}")
 
     def _train_epoch(self, epoch: int, step: int) -> int:
-        cfg = self.cfg
+        cfg, tc = self.cfg, self.cfg.train
         self.model.train()
         self.train_loader.set_epoch(epoch)
         skip = step - epoch * self.steps_per_epoch  # batches already done before a mid-epoch kill
-        tot_loss, tot_correct, tot_n, t0 = 0.0, 0, 0, time.perf_counter()
+        # loss * n, correct, n accumulate on the device and are read once per log interval:
+        # a host read per step would serialise a GPU step
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        prior = self._resumed_sums if skip else None
+        self._resumed_sums = None
+        t0 = time.perf_counter() - (float(prior[3]) if prior is not None else 0.0)
+        if prior is not None:
+            sums += prior[:3].to(self.device)
         show = cfg.progress and self.dist.is_main
         bar = tqdm(self.train_loader, total=self.steps_per_epoch, disable=None if show else True, leave=False,
                    desc=f"{cfg.name} ep {epoch + 1}/{cfg.epochs}", dynamic_ncols=True)
         for i, (x, y) in enumerate(bar):
             if i < skip:
                 continue
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            logits = self.model(x)
-            t_logits = None
-            if self.teacher is not None:
-                with torch.no_grad():
-                    t_logits = self.teacher(x)
-            loss = distill_loss(logits, y, t_logits, cfg.distill.temperature, cfg.distill.alpha)
-            loss_v = loss.item()
-            if not math.isfinite(loss_v):
-                raise TrainingDiverged(
-                    f"loss became {loss_v} at epoch {epoch + 1}, step {step + 1}; the last good state is "
-                    f"{self.out / CHECKPOINT} (lower optim.lr or q_lr_mult, or check the quantizer init)")
+            x = ex.input_format(x.to(self.device, non_blocking=True), tc)
+            y = y.to(self.device, non_blocking=True)
+            with ex.autocast(tc, self.device):
+                logits = self.model(x)
+                t_logits = None
+                if self.teacher is not None:
+                    with torch.no_grad():
+                        t_logits = self.teacher(x)
+                loss = distill_loss(logits.float(), y, None if t_logits is None else t_logits.float(),
+                                    cfg.distill.temperature, cfg.distill.alpha)
             for o in self.opts:
                 o.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-            for o in self.opts:
-                o.step()
-            for s in self.scheds:
-                s.step()
+            self._backward_step(loss)
             step += 1
-            n = y.numel()
-            tot_loss += loss_v * n
-            tot_correct += int((logits.argmax(1) == y).sum())
-            tot_n += n
-            bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}", acc=f"{100 * tot_correct / tot_n:.1f}")
-            if (cfg.ckpt_every_steps and step % cfg.ckpt_every_steps == 0 and i + 1 < self.steps_per_epoch
-                    and self.dist.is_main):
+            with torch.no_grad():
+                n = y.numel()
+                sums[0] += loss.detach().double() * n
+                sums[1] += (logits.argmax(1) == y).sum()
+                sums[2] += n
+            last = i + 1 == self.steps_per_epoch
+            ckpt_now = (cfg.ckpt_every_steps and step % cfg.ckpt_every_steps == 0 and not last
+                        and self.dist.is_main)
+            if ckpt_now or last or step % tc.log_every == 0:
+                self._sums = torch.cat([sums.cpu(), torch.tensor([time.perf_counter() - t0], dtype=torch.float64)])
+                self._check_finite(epoch, step)
+                tot_loss, tot_correct, tot_n = self._sums[:3].tolist()
+                bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}", acc=f"{100 * tot_correct / tot_n:.1f}")
+            if ckpt_now:
                 save_checkpoint(self._state(step), self.out / CHECKPOINT)
+        tot_loss, tot_correct, tot_n, _ = self._sums.tolist()
+        self._sums = torch.zeros(4, dtype=torch.float64)  # an end-of-epoch checkpoint starts a new epoch
         self._epoch_stats = {"train_loss": tot_loss / max(tot_n, 1), "train_top1": 100 * tot_correct / max(tot_n, 1),
                              "lr": self.opts[0].param_groups[0]["lr"], "epoch_time_s": time.perf_counter() - t0}
         return step
+
+    def _backward_step(self, loss: torch.Tensor) -> None:
+        """Backward, optional gradient clipping and the optimiser/scheduler steps (through the
+        GradScaler under fp16: it skips a step whose gradients overflowed)."""
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if self.cfg.optim.grad_clip:
+                for o in self.opts:
+                    self.scaler.unscale_(o)
+            if self.cfg.optim.grad_clip:
+                nn.utils.clip_grad_norm_(self.bare.parameters(), self.cfg.optim.grad_clip)
+            for o in self.opts:
+                self.scaler.step(o)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if self.cfg.optim.grad_clip:
+                nn.utils.clip_grad_norm_(self.bare.parameters(), self.cfg.optim.grad_clip)
+            for o in self.opts:
+                o.step()
+        for s in self.scheds:
+            s.step()
+
+    def _check_finite(self, epoch: int, step: int) -> None:
+        """Stop a diverged run (loss, parameters or buffers non-finite) before it writes a
+        checkpoint: the one on disk stays the last good state."""
+        tot_loss = float(self._sums[0])
+        bad = [] if math.isfinite(tot_loss) else ["the training loss"]
+        bad += nonfinite_state(self.bare)
+        if bad:
+            names = ", ".join(bad[:6]) + (f" (+{len(bad) - 6} more)" if len(bad) > 6 else "")
+            raise TrainingDiverged(
+                f"NaN or Inf by epoch {epoch + 1}, step {step} in {names}; the last good state is "
+                f"{self.out / CHECKPOINT} (lower optim.lr or q_lr_mult, or check the quantizer init)")
 
     def _log(self, row: dict[str, Any]) -> None:
         path = self.out / "log.csv"

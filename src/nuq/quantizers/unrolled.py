@@ -1,0 +1,51 @@
+"""Compile-friendly forms of the level search and of the per-interval gradient sums.
+
+In eager mode the quantizers search with ``binsearch`` / ``torch.bucketize`` and reduce
+with ``index_add_``, the fastest kernels PyTorch has for that. Under ``torch.compile`` each
+of those is an opaque call that ends inductor's fusion (``index_add_`` becomes an atomic
+scatter, far slower than a reduction), and so are ``torch.dot`` and PyTorch's fake-quant
+kernel. With at most ``MAX_UNROLLED`` boundaries (every table at b <= 4: 15 thresholds, 31
+merged N2UQ boundaries) the same numbers are written here as a sum of comparisons and as
+one masked sum per interval, which the compiler unrolls into a single loop per pass::
+
+    count_le(x, b) = n - sum_t [x < b_t]          (= bucketize(x, b, right=True), NaN -> n)
+    sums_i         = sum_e w_e [j_e == i]           (= zeros(n).index_add_(0, j, w))
+
+Results are identical to the eager forms: the counts are the same integers, and every
+output value is gathered from the same table.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+#: most boundaries searched by unrolled comparisons (larger tables keep the search)
+MAX_UNROLLED = 31
+
+
+def compiling() -> bool:
+    """True while torch.compile traces (the quantizers then take the unrolled forms)."""
+    return torch.compiler.is_compiling()
+
+
+def unrolled(num_bounds: int) -> bool:
+    """Whether a search among ``num_bounds`` boundaries takes the unrolled form now."""
+    return num_bounds <= MAX_UNROLLED and compiling()
+
+
+def count_le(x: Tensor, bounds: Tensor, right: bool = True) -> Tensor:
+    """int32 number of ``bounds`` (sorted, 1-D) that are <= x (< x when ``right=False``):
+    ``torch.bucketize(x, bounds, right=right, out_int32=True)``, NaN counted above all."""
+    n = bounds.numel()
+    x = x.to(torch.promote_types(x.dtype, bounds.dtype))  # a bf16 x is compared in the table's dtype
+    below = torch.zeros(x.shape, dtype=torch.int32, device=x.device)
+    for t in range(n):
+        b = bounds[t]
+        below = below + (x < b if right else x <= b).to(torch.int32)
+    return n - below
+
+
+def interval_sums(j: Tensor, w: Tensor, n: int) -> Tensor:
+    """[n] sums of ``w`` per value of the integer index ``j`` (0..n-1), in w's dtype."""
+    return torch.stack([torch.where(j == i, w, 0).sum() for i in range(n)])

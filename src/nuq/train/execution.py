@@ -1,0 +1,108 @@
+"""How a run is computed, not what it computes: precision, memory format, compilation.
+
+``train:`` in a run config::
+
+    train:
+      precision: fp32        # fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler, CUDA only)
+      channels_last: false   # NHWC activations and weights (faster convolutions on AMX/Tensor Cores)
+      compile: false         # torch.compile the model, quantizers included
+      log_every: 50          # steps between reads of the device-side loss sums (NaN guard, progress bar)
+
+These settings are not part of a run's identity: a checkpoint written under one resumes
+under another (see ``RunConfig.identity``). Quantizers compute in float32 inside autocast
+(``quantizers.base.compute_dtype``), so a bf16 run quantizes to the same levels as fp32 for
+the same input; the convolutions around them run in the lower precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config_utils import check_choice, check_type
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        check_choice(self.precision, PRECISIONS, "train.precision")
+        check_type(self.channels_last, bool, "train.channels_last")
+        check_type(self.compile, bool, "train.compile")
+        check_type(self.log_every, int, "train.log_every", positive=True)
+
+
+def check_execution(cfg: TrainConfig, device: torch.device) -> None:
+    """Refuse settings this machine cannot run, with the reason and the alternative."""
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"train.precision='fp16' needs a CUDA device (this run is on {device.type}); "
+                         "use 'bf16' on CPU, or 'fp32'")
+    if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("train.precision='bf16' is not supported by this GPU; use 'fp16' or 'fp32'")
+    if cfg.precision == "bf16" and device.type == "cpu" and not native_bf16_cpu():
+        warnings.warn("train.precision='bf16' on a CPU without native bf16 (AVX512-BF16 or AMX): the "
+                      "convolutions are emulated and run several times slower than fp32", stacklevel=2)
+    if cfg.compile:
+        reason = compile_unavailable(device)
+        if reason:
+            raise ValueError(f"train.compile=true: {reason}; set train.compile: false")
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bf16 convolutions natively (oneDNN's check)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
+
+
+def compile_unavailable(device: torch.device) -> str | None:
+    """Why torch.compile cannot run here (None when it can)."""
+    try:
+        import torch._dynamo as dynamo
+    except Exception as e:  # pragma: no cover - broken installs
+        return f"torch.compile cannot be imported ({e})"
+    if not dynamo.is_dynamo_supported():
+        return "torch.compile is not supported on this Python/PyTorch build"
+    if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return "torch.compile on CPU needs a C++ compiler (g++ or clang++) on PATH"
+    return None
+
+
+def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context of ``cfg.precision`` (a no-op for fp32)."""
+    if cfg.precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPE[cfg.precision])
+
+
+def grad_scaler(cfg: TrainConfig, device: torch.device) -> torch.amp.GradScaler | None:
+    """A GradScaler for fp16 (bf16 has fp32's range and needs none)."""
+    return torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+
+
+def to_memory_format(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+
+
+def input_format(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    if cfg.channels_last and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def maybe_compile(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """``torch.compile(model)`` when asked (the module itself stays the one checkpointed)."""
+    return torch.compile(model) if cfg.compile else model
