@@ -62,6 +62,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from . import unrolled
 from .base import STEP_FLOOR, Quantizer, compute_dtype, register_quantizer
 from .binsearch import count_le
 from .init import absmax, mse_search
@@ -130,6 +131,58 @@ class _RCFFunction(torch.autograd.Function):
             lin = _rowdot(grad_x.to(ct), x.to(ct), per_channel)
             grad_a = ((proj - lin / alpha.to(ct)) * ctx.gscale).to(alpha.dtype)
         return grad_x, grad_a, None, None, None, None, None
+
+
+class _RCFUnrolledFunction(torch.autograd.Function):
+    """The RCF pass under torch.compile: the level index and the inside flag follow from
+    the cell by comparisons with a few constant breakpoints, and the level by a select chain
+    (``unrolled.take``), so the compiled loops stay vectorised (a table gather would not)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: Tensor, cell: Tensor, table: Tensor, spec: tuple, gscale: float) -> Tensor:  # type: ignore[override]
+        ct = compute_dtype(x)
+        a = alpha.to(ct)
+        lvl, _ = _unrolled_level(cell, spec)
+        if alpha.dim() == 0:
+            y = unrolled.take(table.to(ct) * a, lvl)
+        else:
+            y = unrolled.take(table.to(ct), lvl) * a.view((-1,) + (1,) * (x.dim() - 1))
+        ctx.save_for_backward(x, alpha, cell, table)
+        ctx.spec, ctx.gscale = spec, gscale
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        x, alpha, cell, table = ctx.saved_tensors
+        lvl, ins = _unrolled_level(cell, ctx.spec)
+        grad_x = torch.where(ins, g, 0)
+        grad_a = None
+        if ctx.needs_input_grad[1]:
+            ct = compute_dtype(x)
+            # Eq. 8 summed: sum g*Pi(x/alpha) - sum g*1[inside]*x / alpha, in one loop
+            gc = g.to(ct)
+            proj = unrolled.take(table.to(ct), lvl)
+            per_channel = alpha.dim() == 1
+            w1, w2 = gc * proj, torch.where(ins, gc * x.to(ct), 0)
+            if per_channel:
+                s1, s2 = w1.reshape(w1.shape[0], -1).sum(1), w2.reshape(w2.shape[0], -1).sum(1)
+            else:
+                s1, s2 = w1.sum(), w2.sum()
+            grad_a = ((s1 - s2 / alpha.to(ct)) * ctx.gscale).to(alpha.dtype)
+        return grad_x, grad_a, None, None, None, None
+
+
+def _unrolled_level(cell: Tensor, spec: tuple) -> tuple[Tensor, Tensor]:
+    """(level index, inside flag) of each cell; ``spec`` from ``RCFQuantizer._unrolled_spec``."""
+    kind, top, marks, zmax = spec
+    if kind == "linear":
+        # cell 0 lies above alpha (top level); every breakpoint passed is one level lower
+        lvl = torch.full(cell.shape, top, dtype=torch.int32, device=cell.device)
+        for b in marks:
+            lvl = lvl - (cell >= b).to(torch.int32)
+        return lvl, (cell >= 1) & (cell < zmax)
+    # "search": cell = number of bounds [lo, midpoints, 1] below x/alpha
+    return (cell - 1).clamp(0, top).to(torch.int32), (cell >= 1) & (cell <= top + 1)
 
 
 CLIPS = ("learned", "max")
@@ -213,9 +266,25 @@ class RCFQuantizer(Quantizer):
             ins = torch.ones(n + 2, dtype=torch.bool)
             ins[0] = ins[-1] = False
         self._kind = kind
+        self._unrolled_spec = self._make_unrolled_spec(kind, idx, n)
         self._small_key = idx.numel() <= 2**15
         self.register_buffer("_lut_idx", idx.to(torch.int32), persistent=False)
         self.register_buffer("_lut_ins", ins, persistent=False)
+
+    def _make_unrolled_spec(self, kind: str, idx: Tensor, n: int) -> tuple | None:
+        """Constants of the compiled pass (``_unrolled_level``), or None where the level
+        table is too large to unroll or the cells are the float's bit pattern (pot)."""
+        if n > unrolled.MAX_UNROLLED:
+            return None
+        if kind == "search":
+            return ("search", n - 1, (), 0)
+        if kind != "linear":
+            return None
+        drops = idx[:-1] - idx[1:]  # the level index falls by one at each breakpoint cell
+        if bool((drops < 0).any()) or bool((drops > 1).any()):
+            return None
+        marks = tuple(int(j) + 1 for j in torch.nonzero(drops).flatten())
+        return ("linear", n - 1, marks, int(self._zmax))
 
     # --- projection -----------------------------------------------------------------
     def effective_alpha(self) -> Tensor:
@@ -259,6 +328,9 @@ class RCFQuantizer(Quantizer):
         self._observe(x)
         xc, a = self._views(x)
         key = self._cells(xc.detach(), a.detach())
+        if self._unrolled_spec is not None and unrolled.compiling():
+            return _RCFUnrolledFunction.apply(x, self.effective_alpha(), key, self.table, self._unrolled_spec,
+                                              self.grad_scale_factor(x))
         lut_val = self.table.to(xc.dtype).index_select(0, self._lut_idx)
         return _RCFFunction.apply(x, self.effective_alpha(), key, lut_val, self._lut_ins,
                                   self.grad_scale_factor(x), self._small_key)

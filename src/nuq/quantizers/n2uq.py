@@ -104,7 +104,7 @@ def n2uq_search(x: Tensor, start: Tensor, widths: Tensor, scale_in: Tensor,
     bounds = merged / scale_in.to(ct)
     if unrolled.unrolled(bounds.numel()):
         j = unrolled.count_le(x.to(ct), bounds)
-        return j.to(torch.uint8), (values[j] if values is not None else None)
+        return j.to(torch.uint8), (unrolled.take(values, j) if values is not None else None)
     return bucket_gather(x.to(ct), bounds, values)
 
 
@@ -140,14 +140,14 @@ class _N2UQFunction(torch.autograd.Function):
         lvn = n2uq_normalized_levels(m, ctx.signed, ct, x.device).repeat_interleave(2)
         if unrolled.compiling() and j.shape == g.shape:
             # one fused loop: masked sums per G-STE interval instead of index_add_
-            grad_x = (slope[jl] * gf).view(g.shape).to(g.dtype) if ctx.needs_input_grad[0] else None
+            grad_x = (unrolled.take(slope, jl) * gf).view(g.shape).to(g.dtype) if ctx.needs_input_grad[0] else None
             if not need_params:
                 return grad_x, None, None, None, None, None, None
             k = torch.div(jl + 1, 2, rounding_mode="floor")  # 0 below d_0, m + 1 above d_m
             xl = x.reshape(-1).to(ct)
             s0 = unrolled.interval_sums(k, gf, m + 2)[1 : m + 1]
             gx = unrolled.interval_sums(k, gf * xl, m + 2)[1 : m + 1]
-            g_b2 = (gf * lvn[jl]).sum()
+            g_b2 = (gf * unrolled.take(lvn, jl)).sum()
             return (grad_x, *_param_grads(ctx, s0, gx, g_b2, a, d, b1, common, start, widths, scale_in, scale_out))
         buf = None
         if need_params:

@@ -118,7 +118,7 @@ class _NuLSQFunction(torch.autograd.Function):
             # compiled: comparisons against the thresholds, fused into one loop
             k = unrolled.count_le(x, (lv[1:] + lv[:-1]) * 0.5)
             ctx.save_for_backward(x, k.to(torch.uint8), pos, neg)
-            return lv.to(x.dtype)[k]
+            return unrolled.take(lv.to(x.dtype), k)
         xf = x.contiguous().view(-1)
         code, y = level_search(xf, lv, bits)
         # only x and the uint8 level index are kept; the backward recomputes the rest
@@ -176,7 +176,7 @@ def _backward_unrolled(ctx, g: Tensor, x: Tensor, code: Tensor, pos: Tensor, neg
     nlev = lv.numel()
     ct = torch.promote_types(x.dtype, lv.dtype)
     j = code.to(torch.int32)
-    d = lv.to(ct)[j] - x.to(ct)  # Q(x) - x
+    d = unrolled.take(lv.to(ct), j) - x.to(ct)  # Q(x) - x
     j = j + (d < 0).to(torch.int32)  # interval (lv[j-1], lv[j]]: 0 below the range, nlev above
     inside = (j != 0) & (j != nlev)
     gc = g.to(ct)

@@ -49,3 +49,12 @@ def count_le(x: Tensor, bounds: Tensor, right: bool = True) -> Tensor:
 def interval_sums(j: Tensor, w: Tensor, n: int) -> Tensor:
     """[n] sums of ``w`` per value of the integer index ``j`` (0..n-1), in w's dtype."""
     return torch.stack([torch.where(j == i, w, 0).sum() for i in range(n)])
+
+
+def take(table: Tensor, idx: Tensor) -> Tensor:
+    """``table[idx]`` for a small 1-D table, as a chain of selects: vectorised in the
+    compiled loop, where a gather would turn it into a scalar loop."""
+    out = table[0].expand(idx.shape)
+    for t in range(1, table.numel()):
+        out = torch.where(idx == t, table[t], out)
+    return out

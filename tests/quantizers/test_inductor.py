@@ -1,0 +1,56 @@
+"""Every registered quantizer compiled by inductor inside a small quantized model: one graph
+(fullgraph), the same outputs and gradients as eager, and no opaque search, scatter or
+fake-quant kernel left in the generated code where the unrolled forms apply (b <= 4)."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import nuq
+
+METHODS = nuq.available_quantizers()
+#: kernels that would end inductor's fusion inside a quantizer pass
+OPAQUE = ("bucketize", "index_add", "scatter_add", "fake_quantize", "aten.dot", "searchsorted")
+
+
+def _model(weight, act):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+    calib = [torch.randn(16, 3, 6, 6)]
+    cfg = nuq.QATConfig(weight=weight, act=act, w_bits=2, a_bits=2, first_last="same")
+    return nuq.prepare(net, cfg, calib=calib).train()
+
+
+def _step(model, x, g):
+    model.zero_grad(set_to_none=True)
+    xi = x.clone().requires_grad_()
+    y = model(xi)
+    y.backward(g)
+    grads = {k.removeprefix("_orig_mod."): p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    return y.detach(), xi.grad, grads
+
+
+@pytest.mark.slow  # one inductor build per method (a few seconds each on 2 cores)
+@pytest.mark.parametrize("name", METHODS)
+def test_compiled_model_matches_eager_and_fuses(name):
+    from torch._inductor.utils import run_and_get_code
+
+    weight_ok = name not in ("n2uq",)  # N2UQ's activation quantizer is meant for activations
+    model = _model(name if weight_ok else "n2uq_w", name)
+    x, g = torch.randn(16, 3, 6, 6), torch.randn(16, 10)
+    twin = copy.deepcopy(model)  # observers (minmax) update state on every call: start both alike
+    y1, gx1, gp1 = _step(model, x, g)
+    torch._dynamo.reset()
+    compiled = torch.compile(twin, fullgraph=True)
+    (y2, gx2, gp2), code = run_and_get_code(lambda: _step(compiled, x, g))
+    torch.testing.assert_close(y2, y1, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gx2, gx1, rtol=1e-4, atol=1e-4)
+    assert gp1.keys() == gp2.keys()
+    for k in gp1:
+        torch.testing.assert_close(gp2[k], gp1[k], rtol=2e-3, atol=2e-3, msg=k)
+    src = "\n".join(code)
+    if name != "lcq":  # LCQ's [K x levels] key space keeps index_add_ (see lcq.py)
+        assert not [op for op in OPAQUE if op in src], f"{name}: opaque kernels in the compiled graph"
