@@ -22,6 +22,9 @@ import torch
 import nuq
 from nuq.train import execution as ex
 
+#: weight quantizer of each method where the paper pairs it with another one (N2UQ: F_Q)
+WEIGHT_OF = {"n2uq": "n2uq_w"}
+
 SETTINGS = {
     "fp32": ex.TrainConfig(),
     "fp32-compile": ex.TrainConfig(compile=True),
@@ -31,12 +34,11 @@ SETTINGS = {
 }
 
 
-def make_step(model, tc: ex.TrainConfig, x, y):
-    model = ex.to_memory_format(model, tc)
+def make_step(model, tc: ex.TrainConfig, x, y, dev: torch.device):
+    model = ex.to_memory_format(model.to(dev), tc)
     run = ex.maybe_compile(model, tc)
     x = ex.input_format(x, tc)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    dev = torch.device("cpu")
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -44,6 +46,8 @@ def make_step(model, tc: ex.TrainConfig, x, y):
             loss = torch.nn.functional.cross_entropy(run(x).float(), y)
         loss.backward()
         opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
 
     return step
 
@@ -55,18 +59,21 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
+    dev = torch.device(args.device)
     torch.manual_seed(0)
-    x = torch.randn(args.batch, 1, 28, 28)
-    y = torch.randint(0, 10, (args.batch,))
-    model = nuq.create_model("resnet20", num_classes=10, in_channels=1, width=args.width)
+    x = torch.randn(args.batch, 1, 28, 28, device=dev)
+    y = torch.randint(0, 10, (args.batch,), device=dev)
+    model = nuq.create_model("resnet20", num_classes=10, in_channels=1, width=args.width).to(dev)
     models = {"float": model}
     for m in args.methods:
-        models[m] = nuq.prepare(model, nuq.QATConfig(weight=m, act=m, w_bits=2, a_bits=2), calib=[x])
+        cfg = nuq.QATConfig(weight=WEIGHT_OF.get(m, m), act=m, w_bits=2, a_bits=2)
+        models[m] = nuq.prepare(model, cfg, calib=[x])
     steps, warm = {}, {}
     for s in args.settings:
         for name, mdl in models.items():
-            fn = make_step(copy.deepcopy(mdl), SETTINGS[s], x, y)
+            fn = make_step(copy.deepcopy(mdl), SETTINGS[s], x, y, dev)
             t = time.perf_counter()
             for _ in range(3):
                 fn()
@@ -80,7 +87,8 @@ def main() -> None:
             times[k].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
     base = med[("float", "fp32")] if ("float", "fp32") in med else None
-    print(f"ResNet-20 width {args.width}, batch {args.batch}, {torch.get_num_threads()} threads, "
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"ResNet-20 width {args.width}, batch {args.batch}, {where}, "
           f"median of {args.rounds} interleaved rounds")
     print(f"{'model':8s} {'setting':16s} {'ms':>8s} {'/float same':>11s} {'/fp32 float':>11s} {'warm-up s':>9s}")
     for (name, s), t in med.items():

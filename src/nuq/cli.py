@@ -55,7 +55,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(out_dir=args.out_dir, data_dir=args.data_dir, quick=args.quick, methods=args.methods)
+    run_demo(out_dir=args.out_dir, data_dir=args.data_dir, quick=args.quick, methods=args.methods,
+             overrides=args.set)
     return 0
 
 
@@ -118,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir")
     d.add_argument("--quick", action="store_true", help="tiny subset, for smoke tests (results not meaningful)")
     d.add_argument("--methods", nargs="+", default=None, help="QAT methods to compare (default: lsq nulsq)")
+    d.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
+                   help="override a key of every demo run, e.g. train.compile=true (repeatable)")
     d.set_defaults(fn=_cmd_demo)
 
     c = sub.add_parser("compare", help="grid of methods x bits x seeds from one float run; results table")

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from . import available_quantizers
+from .config_utils import apply_overrides
 from .quantizers import quantizer_class
 from .train import train
 from .train.config import config_from_dict
@@ -39,11 +40,13 @@ def demo_configs(out_dir: str, data_dir: str | None, quick: bool, methods: list[
 
 
 def run_demo(out_dir: str = "runs/demo", data_dir: str | None = None, quick: bool = False,
-             methods: list[str] | None = None) -> list[dict]:
+             methods: list[str] | None = None, overrides: list[str] | None = None) -> list[dict]:
+    """``overrides``: ``key=value`` strings applied to every run of the demo (e.g.
+    ``train.compile=true``)."""
     methods = list(methods or [m for m in DEFAULT_METHODS if m in available_quantizers()])
     rows = []
     for raw in demo_configs(out_dir, data_dir, quick, methods):
-        cfg = config_from_dict(raw)
+        cfg = config_from_dict(apply_overrides(raw, list(overrides or [])))
         t0 = time.perf_counter()
         final = train(cfg)
         rows.append({**final, "wall_s": time.perf_counter() - t0})
