@@ -134,27 +134,27 @@ class _RCFFunction(torch.autograd.Function):
 
 
 class _RCFUnrolledFunction(torch.autograd.Function):
-    """The RCF pass under torch.compile: the level index and the inside flag follow from
-    the cell by comparisons with a few constant breakpoints, and the level by a select chain
-    (``unrolled.take``), so the compiled loops stay vectorised (a table gather would not)."""
+    """The RCF pass under torch.compile: the level index and the inside flag follow from a
+    uint8 cell found by comparisons, the level by a select chain (``unrolled.take``), so the
+    compiled loops stay vectorised (a table gather would not) and save one byte per element."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, alpha: Tensor, cell: Tensor, table: Tensor, spec: tuple, gscale: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, alpha: Tensor, cell: Tensor, table: Tensor, top: int, gscale: float) -> Tensor:  # type: ignore[override]
         ct = compute_dtype(x)
         a = alpha.to(ct)
-        lvl, _ = _unrolled_level(cell, spec)
+        lvl, _ = _unrolled_level(cell, top)
         if alpha.dim() == 0:
             y = unrolled.take(table.to(ct) * a, lvl)
         else:
             y = unrolled.take(table.to(ct), lvl) * a.view((-1,) + (1,) * (x.dim() - 1))
         ctx.save_for_backward(x, alpha, cell, table)
-        ctx.spec, ctx.gscale = spec, gscale
+        ctx.top, ctx.gscale = top, gscale
         return y.to(x.dtype)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         x, alpha, cell, table = ctx.saved_tensors
-        lvl, ins = _unrolled_level(cell, ctx.spec)
+        lvl, ins = _unrolled_level(cell, ctx.top)
         grad_x = torch.where(ins, g, 0)
         grad_a = None
         if ctx.needs_input_grad[1]:
@@ -172,17 +172,11 @@ class _RCFUnrolledFunction(torch.autograd.Function):
         return grad_x, grad_a, None, None, None, None
 
 
-def _unrolled_level(cell: Tensor, spec: tuple) -> tuple[Tensor, Tensor]:
-    """(level index, inside flag) of each cell; ``spec`` from ``RCFQuantizer._unrolled_spec``."""
-    kind, top, marks, zmax = spec
-    if kind == "linear":
-        # cell 0 lies above alpha (top level); every breakpoint passed is one level lower
-        lvl = torch.full(cell.shape, top, dtype=torch.int32, device=cell.device)
-        for b in marks:
-            lvl = lvl - (cell >= b).to(torch.int32)
-        return lvl, (cell >= 1) & (cell < zmax)
-    # "search": cell = number of bounds [lo, midpoints, 1] below x/alpha
-    return (cell - 1).clamp(0, top).to(torch.int32), (cell >= 1) & (cell <= top + 1)
+def _unrolled_level(cell: Tensor, top: int) -> tuple[Tensor, Tensor]:
+    """(level index, inside flag) from cell = number of [lo, midpoints, 1] below x/alpha
+    (cells are (a, b]: ties go to the lower level, x = alpha is inside, x = lo*alpha outside)."""
+    c = cell.to(torch.int32)
+    return (c - 1).clamp(0, top), (c >= 1) & (c <= top + 1)
 
 
 CLIPS = ("learned", "max")
@@ -266,25 +260,11 @@ class RCFQuantizer(Quantizer):
             ins = torch.ones(n + 2, dtype=torch.bool)
             ins[0] = ins[-1] = False
         self._kind = kind
-        self._unrolled_spec = self._make_unrolled_spec(kind, idx, n)
+        # compiled passes search x/alpha among [lo, midpoints, 1] (pot keeps its own tie rules)
+        self._unroll = kind != "bits" and n + 1 <= unrolled.MAX_UNROLLED
         self._small_key = idx.numel() <= 2**15
         self.register_buffer("_lut_idx", idx.to(torch.int32), persistent=False)
         self.register_buffer("_lut_ins", ins, persistent=False)
-
-    def _make_unrolled_spec(self, kind: str, idx: Tensor, n: int) -> tuple | None:
-        """Constants of the compiled pass (``_unrolled_level``), or None where the level
-        table is too large to unroll or the cells are the float's bit pattern (pot)."""
-        if n > unrolled.MAX_UNROLLED:
-            return None
-        if kind == "search":
-            return ("search", n - 1, (), 0)
-        if kind != "linear":
-            return None
-        drops = idx[:-1] - idx[1:]  # the level index falls by one at each breakpoint cell
-        if bool((drops < 0).any()) or bool((drops > 1).any()):
-            return None
-        marks = tuple(int(j) + 1 for j in torch.nonzero(drops).flatten())
-        return ("linear", n - 1, marks, int(self._zmax))
 
     # --- projection -----------------------------------------------------------------
     def effective_alpha(self) -> Tensor:
@@ -327,10 +307,17 @@ class RCFQuantizer(Quantizer):
     def quantize(self, x: Tensor) -> Tensor:
         self._observe(x)
         xc, a = self._views(x)
-        key = self._cells(xc.detach(), a.detach())
-        if self._unrolled_spec is not None and unrolled.compiling():
-            return _RCFUnrolledFunction.apply(x, self.effective_alpha(), key, self.table, self._unrolled_spec,
+        if self._unroll and unrolled.compiling():
+            # compiled: the level search of the "search" kind on x/alpha (a uint8 cell, a few
+            # comparisons) for every level set: it fuses with the ReLU/BatchNorm before it
+            n = self.table.numel()
+            with torch.no_grad():
+                t = self.table.to(xc.dtype)
+                bounds = torch.cat([t[:1], (t[1:] + t[:-1]) / 2, t[-1:]])
+                cell = unrolled.count_le(xc / a, bounds, right=False).to(torch.uint8)
+            return _RCFUnrolledFunction.apply(x, self.effective_alpha(), cell, self.table, n - 1,
                                               self.grad_scale_factor(x))
+        key = self._cells(xc.detach(), a.detach())
         lut_val = self.table.to(xc.dtype).index_select(0, self._lut_idx)
         return _RCFFunction.apply(x, self.effective_alpha(), key, lut_val, self._lut_ins,
                                   self.grad_scale_factor(x), self._small_key)
