@@ -126,3 +126,11 @@ def test_no_checkpoint_is_written_from_a_nonfinite_state(tmp_path, monkeypatch):
     ck = load_checkpoint(tmp_path / "n")
     assert ck["step"] == 5
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_compile_without_a_compiler_is_refused(monkeypatch):
+    import nuq.train.execution as exm
+
+    monkeypatch.setattr(exm.shutil, "which", lambda name: None)
+    with pytest.raises(ValueError, match="train.compile=true: torch.compile on CPU needs a C\\+\\+ compiler"):
+        check_execution(TrainConfig(compile=True), torch.device("cpu"))
