@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
-import time
 
 import torch
+from timing import interleaved_medians
 from torch import nn
 
 import nuq
@@ -84,13 +83,7 @@ def main() -> None:
     for fn in cands.values():
         for _ in range(3):
             fn()
-    times: dict[str, list[float]] = {k: [] for k in cands}
-    for _ in range(args.rounds):
-        for k, fn in cands.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians(cands, args.rounds)
     print(f"ResNet-20 width {args.width}, batch {args.batch}, W2A2 (every conv), {torch.get_num_threads()} threads, "
           f"median of {args.rounds} interleaved rounds")
     for k, t in med.items():

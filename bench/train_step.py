@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import time
 
 import torch
+from timing import interleaved_medians
 
 import nuq
 from nuq.train import execution as ex
@@ -79,13 +79,7 @@ def main() -> None:
                 fn()
             warm[(name, s)] = time.perf_counter() - t
             steps[(name, s)] = fn
-    times: dict[tuple[str, str], list[float]] = {k: [] for k in steps}
-    for _ in range(args.rounds):
-        for k, fn in steps.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians(steps, args.rounds)
     base = med[("float", "fp32")] if ("float", "fp32") in med else None
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"ResNet-20 width {args.width}, batch {args.batch}, {where}, "

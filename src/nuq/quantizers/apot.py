@@ -67,7 +67,6 @@ from .base import STEP_FLOOR, Quantizer, compute_dtype, register_quantizer
 from .binsearch import count_le
 from .init import absmax, mse_search
 from .levelsets import additive_terms, level_set, lloyd_levels, signed_levels, uniform_levels
-from .unrolled import compiling
 
 #: Most cells of the linear lookup table; larger grids fall back to ``bucketize``.
 LINEAR_LIMIT = 1 << 20
@@ -89,7 +88,7 @@ def _rowdot(a: Tensor, b: Tensor, per_channel: bool) -> Tensor:
     """sum(a * b) per tensor, or per row of axis 0, without an elementwise temporary when possible."""
     if per_channel:
         return (a.reshape(a.shape[0], -1) * b.reshape(b.shape[0], -1)).sum(1)
-    if compiling():  # a plain reduction fuses with the elementwise work around it; dot does not
+    if unrolled.compiling():  # a plain reduction fuses with the elementwise work around it; dot does not
         return (a * b).sum()
     return torch.dot(a.reshape(-1), b.reshape(-1))
 
@@ -283,9 +282,12 @@ class RCFQuantizer(Quantizer):
             ebits, mbits = _FLOAT_BITS[v.dtype]
             key = (v.view(_INT_VIEW[v.dtype]) >> (mbits - 1)) & (2 ** (ebits + 2) - 1)
             return key if v.dtype == torch.float32 else key + self._f32_cells
-        table = self.table.to(v.dtype)
-        bounds = torch.cat([table[:1], (table[1:] + table[:-1]) / 2, table[-1:]])
-        return count_le(v, bounds, right=False)
+        return count_le(v, self._search_bounds(v.dtype), right=False)
+
+    def _search_bounds(self, dtype: torch.dtype) -> Tensor:
+        """[lo, midpoints, 1] of the normalised level table: the cells of the "search" kind."""
+        t = self.table.to(dtype)
+        return torch.cat([t[:1], (t[1:] + t[:-1]) / 2, t[-1:]])
 
     def _views(self, x: Tensor) -> tuple[Tensor, Tensor]:
         ct = compute_dtype(x)
@@ -310,12 +312,9 @@ class RCFQuantizer(Quantizer):
         if self._unroll and unrolled.compiling():
             # compiled: the level search of the "search" kind on x/alpha (a uint8 cell, a few
             # comparisons) for every level set: it fuses with the ReLU/BatchNorm before it
-            n = self.table.numel()
             with torch.no_grad():
-                t = self.table.to(xc.dtype)
-                bounds = torch.cat([t[:1], (t[1:] + t[:-1]) / 2, t[-1:]])
-                cell = unrolled.count_le(xc / a, bounds, right=False).to(torch.uint8)
-            return _RCFUnrolledFunction.apply(x, self.effective_alpha(), cell, self.table, n - 1,
+                cell = unrolled.count_le(xc / a, self._search_bounds(xc.dtype), right=False).to(torch.uint8)
+            return _RCFUnrolledFunction.apply(x, self.effective_alpha(), cell, self.table, self.table.numel() - 1,
                                               self.grad_scale_factor(x))
         key = self._cells(xc.detach(), a.detach())
         lut_val = self.table.to(xc.dtype).index_select(0, self._lut_idx)

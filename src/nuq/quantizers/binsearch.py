@@ -127,9 +127,12 @@ def bucket_gather(x: Tensor, bounds: Tensor, values: Tensor | None, tables: BinT
     One search and one gather. On CPU it allocates two full-size float/int32 buffers and two
     byte-sized ones (fresh multi-MB allocations cost page faults, so the float buffer of the
     bin coordinate is reused for the candidates and the gathered values)."""
+    small = index_dtype(bounds.numel())
+    if unrolled.unrolled(bounds.numel()):
+        j = unrolled.count_le(x, bounds, right)
+        return j.to(small), (unrolled.take(values, j) if values is not None else None)
     if tables is None and table_search_applies(x, bounds):
         tables = bin_tables(bounds)
-    small = index_dtype(bounds.numel())
     if tables is None:
         j = torch.bucketize(x, bounds, right=right, out_int32=True)
         return j.to(small), (values.index_select(0, j.view(-1)).view(x.shape) if values is not None else None)

@@ -101,11 +101,7 @@ def n2uq_search(x: Tensor, start: Tensor, widths: Tensor, scale_in: Tensor,
     full-size temporary less."""
     ct = compute_dtype(x)
     _, merged = n2uq_boundaries(start.to(ct), widths.to(ct))
-    bounds = merged / scale_in.to(ct)
-    if unrolled.unrolled(bounds.numel()):
-        j = unrolled.count_le(x.to(ct), bounds)
-        return j.to(torch.uint8), (unrolled.take(values, j) if values is not None else None)
-    return bucket_gather(x.to(ct), bounds, values)
+    return bucket_gather(x.to(ct), merged / scale_in.to(ct), values)
 
 
 class _N2UQFunction(torch.autograd.Function):
@@ -120,6 +116,7 @@ class _N2UQFunction(torch.autograd.Function):
         y = y.to(x.dtype)
         ctx.save_for_backward(x, j, start, widths, scale_in, scale_out)
         ctx.signed, ctx.gscale = signed, gscale
+        ctx.unrolled = unrolled.unrolled(2 * m + 1)  # the search above took the unrolled form
         return y
 
     @staticmethod
@@ -138,7 +135,7 @@ class _N2UQFunction(torch.autograd.Function):
 
         need_params = any(ctx.needs_input_grad[1:5])
         lvn = n2uq_normalized_levels(m, ctx.signed, ct, x.device).repeat_interleave(2)
-        if unrolled.compiling() and j.shape == g.shape:
+        if ctx.unrolled:
             # one fused loop: masked sums per G-STE interval instead of index_add_
             grad_x = (unrolled.take(slope, jl) * gf).view(g.shape).to(g.dtype) if ctx.needs_input_grad[0] else None
             if not need_params:

@@ -73,6 +73,9 @@ def level_search(xf: Tensor, lv: Tensor, bits: int, search: bool | None = None) 
     if search is None:
         search = xf.device.type == "cpu"
     thr = (lv[1:] + lv[:-1]) * 0.5
+    if unrolled.unrolled(thr.numel()):  # compiled: comparisons and selects, one fused loop
+        k = unrolled.count_le(xf, thr)
+        return k.to(torch.uint8), unrolled.take(lv.to(xf.dtype), k)
     if search and table_search_applies(xf, thr):
         tables = bin_tables(thr)
         if tables is not None:
@@ -114,11 +117,7 @@ class _NuLSQFunction(torch.autograd.Function):
     def forward(ctx, x: Tensor, pos: Tensor, neg: Tensor | None, bits: int, gscale: float) -> Tensor:  # type: ignore[override]
         lv = level_table(pos, neg)
         ctx.bits, ctx.gscale = bits, gscale
-        if unrolled.unrolled(lv.numel() - 1):
-            # compiled: comparisons against the thresholds, fused into one loop
-            k = unrolled.count_le(x, (lv[1:] + lv[:-1]) * 0.5)
-            ctx.save_for_backward(x, k.to(torch.uint8), pos, neg)
-            return unrolled.take(lv.to(x.dtype), k)
+        ctx.unrolled = unrolled.unrolled(lv.numel() - 1)  # level_search takes the unrolled form
         xf = x.contiguous().view(-1)
         code, y = level_search(xf, lv, bits)
         # only x and the uint8 level index are kept; the backward recomputes the rest
@@ -128,7 +127,7 @@ class _NuLSQFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         xf, code, pos, neg = ctx.saved_tensors
-        if unrolled.compiling() and xf.shape == g.shape:
+        if ctx.unrolled:
             return _backward_unrolled(ctx, g, xf, code, pos, neg)
         lv = level_table(pos, neg)
         nlev = lv.numel()
@@ -171,7 +170,8 @@ def _step_grads(sums: Tensor, pos: Tensor, neg: Tensor | None, gscale: float) ->
 
 def _backward_unrolled(ctx, g: Tensor, x: Tensor, code: Tensor, pos: Tensor, neg: Tensor | None):
     """The backward pass as one fused loop (under torch.compile): the same per-element terms
-    as the eager pass, reduced by one masked sum per interval instead of ``index_add_``."""
+    as the eager pass, reduced by one masked sum per interval instead of ``index_add_``.
+    x and code are flat (as saved by the forward pass), g has x's original shape."""
     lv = level_table(pos, neg)
     nlev = lv.numel()
     ct = torch.promote_types(x.dtype, lv.dtype)
@@ -179,8 +179,9 @@ def _backward_unrolled(ctx, g: Tensor, x: Tensor, code: Tensor, pos: Tensor, neg
     d = unrolled.take(lv.to(ct), j) - x.to(ct)  # Q(x) - x
     j = j + (d < 0).to(torch.int32)  # interval (lv[j-1], lv[j]]: 0 below the range, nlev above
     inside = (j != 0) & (j != nlev)
-    gc = g.to(ct)
-    grad_x = torch.where(inside, g, 0) if ctx.needs_input_grad[0] else None
+    gf = g.reshape(-1)
+    gc = gf.to(ct)
+    grad_x = torch.where(inside, gf, 0).view(g.shape) if ctx.needs_input_grad[0] else None
     if not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
         return grad_x, None, None, None, None
     w = torch.where(inside, gc * d, gc)

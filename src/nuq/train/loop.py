@@ -283,22 +283,17 @@ class Trainer:
     def _backward_step(self, loss: torch.Tensor) -> None:
         """Backward, optional gradient clipping and the optimiser/scheduler steps (through the
         GradScaler under fp16: it skips a step whose gradients overflowed)."""
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            if self.cfg.optim.grad_clip:
+        scaler = self.scaler
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if self.cfg.optim.grad_clip:
+            if scaler is not None:  # clip the true gradients, not the scaled ones
                 for o in self.opts:
-                    self.scaler.unscale_(o)
-            if self.cfg.optim.grad_clip:
-                nn.utils.clip_grad_norm_(self.bare.parameters(), self.cfg.optim.grad_clip)
-            for o in self.opts:
-                self.scaler.step(o)
-            self.scaler.update()
-        else:
-            loss.backward()
-            if self.cfg.optim.grad_clip:
-                nn.utils.clip_grad_norm_(self.bare.parameters(), self.cfg.optim.grad_clip)
-            for o in self.opts:
-                o.step()
+                    scaler.unscale_(o)
+            nn.utils.clip_grad_norm_(self.bare.parameters(), self.cfg.optim.grad_clip)
+        for o in self.opts:
+            scaler.step(o) if scaler is not None else o.step()
+        if scaler is not None:
+            scaler.update()
         for s in self.scheds:
             s.step()
 
