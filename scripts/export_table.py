@@ -15,8 +15,8 @@ import torch
 from nuq.data import load_dataset
 from nuq.export import load_packed, save_packed, to_onnx
 from nuq.export.packed import float32_bytes
-from nuq.train.build import rebuild
-from nuq.train.checkpoint import load_checkpoint, resolve_checkpoint
+from nuq.runs.checkpoint import load_checkpoint, resolve_checkpoint
+from nuq.runs.load import rebuild
 
 
 def main() -> None:

@@ -35,8 +35,8 @@ def test_demo_quick_prints_table(tmp_path, capsys):
     import re
 
     from nuq.export import save_packed
-    from nuq.train.build import rebuild
-    from nuq.train.checkpoint import load_checkpoint
+    from nuq.runs.checkpoint import load_checkpoint
+    from nuq.runs.load import rebuild
 
     # the reported packed size is the size of the file nuq export writes
     m = re.search(r"packed file ([\d,]+) bytes vs float32 ([\d,]+) bytes", out)

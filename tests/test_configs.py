@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from nuq.compare import cell_configs, float_config, load_grid
-from nuq.train.config import load_config
+from nuq.commands.compare import cell_configs, float_config, load_grid
+from nuq.runs.config import load_config
 
 ROOT = Path(__file__).parent.parent / "configs"
 RUNS = sorted(ROOT.glob("*.yaml"))

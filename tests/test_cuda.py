@@ -38,8 +38,8 @@ def test_cuda_matches_cpu(name, signed, compiled):
 
 @needs_data
 def test_bf16_compiled_qat_on_cuda(tmp_path):
+    from nuq.runs.config import config_from_dict
     from nuq.train import train
-    from nuq.train.config import config_from_dict
 
     base = {"epochs": 1, "progress": False, "device": "cuda", "model": {"name": "resnet20", "kwargs": {"width": 8}},
             "data": {"train_subset": 5000, "batch_size": 128}, "optim": {"lr": 0.1}}

@@ -19,44 +19,15 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
-from .nn.layers import QUANT_LAYERS, QuantConv2d, QuantLinear
+from .nn.layers import QuantConv2d, QuantLinear
 from .nn.transforms import make_transform
+from .nn.walk import float_layers, named_quantizers, quant_layers, set_module
 from .qconfig import LayerSpec, QATConfig
-from .quantizers import Quantizer, make_quantizer
+from .quantizers import make_quantizer
 from .quantizers.base import check_finite
 
 #: elements of each calibration batch kept per layer
 CALIB_SAMPLE = 1 << 15
-
-
-def quant_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """(name, layer) of every quantized layer."""
-    for name, m in model.named_modules():
-        if isinstance(m, QUANT_LAYERS):
-            yield name, m
-
-
-def named_quantizers(model: nn.Module) -> Iterator[tuple[str, Quantizer]]:
-    """(name, quantizer) of every quantizer in the model."""
-    for name, m in model.named_modules():
-        if isinstance(m, Quantizer):
-            yield name, m
-
-
-def quantizer_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters owned by quantizers (their own optimiser group)."""
-    return [p for _, q in named_quantizers(model) for p in q.parameters(recurse=False)]
-
-
-def _float_targets(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(m, QUANT_LAYERS)]
-
-
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 def _batches(calib: Iterable) -> Iterator[Tensor]:
@@ -139,7 +110,7 @@ def prepare(model: nn.Module, config: QATConfig, calib: Iterable | None = None, 
         raise ValueError(f"config must be a nuq.QATConfig, got {type(config).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
-    targets = _float_targets(model)
+    targets = float_layers(model)
     if not targets:
         raise ValueError("model has no nn.Conv2d or nn.Linear layer to quantize")
     inputs = _record_inputs(model, targets, calib) if calib is not None else {}
@@ -156,7 +127,7 @@ def prepare(model: nn.Module, config: QATConfig, calib: Iterable | None = None, 
             signed = bool((inputs[name] < 0).any()) if name in inputs else name == first
         else:
             signed = bool(config.act_signed)
-        _set_module(model, name, _build_layer(layer, spec, config, signed))
+        set_module(model, name, _build_layer(layer, spec, config, signed))
     if calib is not None:
         # activation quantizers start from the *float* model's layer inputs: a weight
         # transform (e.g. APoT weight normalization) rescales conv outputs, which eval-mode

@@ -8,8 +8,8 @@ from PIL import Image
 
 from nuq.data import FolderLoader, image_folder, load_dataset, make_loader
 from nuq.data.registry import _DATASETS, register_dataset
+from nuq.runs.config import config_from_dict
 from nuq.train import train
-from nuq.train.config import config_from_dict
 
 
 def make_tree(root, n_train=12, n_val=4, sizes=((40, 30), (27, 50), (64, 64))):

@@ -9,8 +9,8 @@ from tests_helpers import needs_data
 from nuq.cli import main
 from nuq.data import load_dataset
 from nuq.export import load_packed, read_header
-from nuq.train.build import rebuild
-from nuq.train.checkpoint import load_checkpoint
+from nuq.runs.checkpoint import load_checkpoint
+from nuq.runs.load import rebuild
 
 
 @pytest.fixture(scope="module")

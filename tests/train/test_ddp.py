@@ -10,7 +10,7 @@ import torch
 import yaml
 from tests_helpers import needs_data, sigkill_after_first_checkpoint
 
-from nuq.train.checkpoint import load_checkpoint
+from nuq.runs.checkpoint import load_checkpoint
 
 
 def torchrun(cfg_file, wait=True):

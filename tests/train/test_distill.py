@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from tests_helpers import needs_data
 
+from nuq.runs.config import config_from_dict
 from nuq.train import train
-from nuq.train.config import config_from_dict
 from nuq.train.loop import distill_loss
 
 

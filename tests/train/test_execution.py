@@ -6,10 +6,10 @@ import torch
 from test_training import mlp_cfg
 from tests_helpers import needs_data
 
+from nuq.runs.checkpoint import load_checkpoint
+from nuq.runs.config import config_from_dict
 from nuq.train import TrainingDiverged, train
 from nuq.train import loop as loop_mod
-from nuq.train.checkpoint import load_checkpoint
-from nuq.train.config import config_from_dict
 from nuq.train.execution import TrainConfig, check_execution
 
 

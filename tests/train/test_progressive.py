@@ -4,11 +4,12 @@ W3A3 run starts with merged steps, whose levels are a subset of the 3-bit levels
 import torch
 from tests_helpers import needs_data
 
-from nuq.prepare import named_quantizers
+from nuq.nn.walk import named_quantizers
+from nuq.runs.checkpoint import load_checkpoint
+from nuq.runs.config import config_from_dict
+from nuq.runs.load import rebuild
 from nuq.train import train
-from nuq.train.build import build_model, rebuild
-from nuq.train.checkpoint import load_checkpoint
-from nuq.train.config import config_from_dict
+from nuq.train.build import build_model
 
 
 def cfg(out, bits, **kw):

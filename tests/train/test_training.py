@@ -9,9 +9,9 @@ import pytest
 import torch
 from tests_helpers import needs_data, sigkill_after_first_checkpoint
 
+from nuq.runs.checkpoint import load_checkpoint
+from nuq.runs.config import config_from_dict, load_config
 from nuq.train import TrainingDiverged, train
-from nuq.train.checkpoint import load_checkpoint
-from nuq.train.config import config_from_dict, load_config
 
 
 def mlp_cfg(out, **kw):

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from ..prepare import quant_layers
+from ..nn.walk import quant_layers
 from .hooks import visit_layer_inputs
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from ..prepare import quant_layers
+from ..nn.walk import quant_layers
 
 
 @torch.no_grad()

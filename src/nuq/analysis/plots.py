@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from ..prepare import quant_layers  # noqa: E402
+from ..nn.walk import quant_layers  # noqa: E402
 from .hooks import visit_layer_inputs  # noqa: E402
 
 

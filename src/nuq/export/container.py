@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..train.checkpoint import atomic_write_bytes
+from ..runs.files import atomic_write_bytes
 
 MAGIC = b"NUQPACK\x00"
 ALIGN = 8

@@ -55,12 +55,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..prepare import quant_layers
+from ..nn.walk import quant_layers, set_module
 from ..quantizers import Quantizer
 from ..quantizers.base import STEP_FLOOR
-from ..train.checkpoint import atomic_write_bytes
+from ..runs.files import atomic_write_bytes
 from .onnx_integer import int_dtype, integer_layer
-from .packed import _check_model, _set_module
+from .packed import _check_model
 from .tables import ActTable, activation_table, decoded_weight, level_grid, qdq_reference, recip_reference
 
 OPSET = 17
@@ -277,7 +277,7 @@ def export_model(model: nn.Module, qdq: bool = True) -> tuple[nn.Module, dict[st
             ilayer = integer_layer(layer, table, grid, name)
             if ilayer is not None:
                 # the arithmetic of the layer's own eval mode (nuq.nn.integer_eval)
-                _set_module(out, name, ilayer)
+                set_module(out, name, ilayer)
                 paths[name] = {"weight": wpath, "act": f"integer-{ilayer.act.kind}"}
                 continue
             if layer.act_quantizer is None:
@@ -291,7 +291,7 @@ def export_model(model: nn.Module, qdq: bool = True) -> tuple[nn.Module, dict[st
                     apath = "qdq" if type(act) is QDQAct else "round"
                 else:
                     act, apath = LookupAct(table), "lookup"
-            _set_module(out, name, ExportLayer(layer, act, weight, grid))
+            set_module(out, name, ExportLayer(layer, act, weight, grid))
             paths[name] = {"weight": wpath, "act": apath}
     finally:
         model.train(was_training)

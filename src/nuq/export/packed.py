@@ -44,9 +44,9 @@ from .. import __version__
 from ..config_utils import to_dict
 from ..models import create_model
 from ..nn.layers import QuantConv2d, QuantLinear
-from ..prepare import named_quantizers, quant_layers
+from ..nn.walk import named_quantizers, quant_layers, set_module
 from ..quantizers import Quantizer, make_quantizer
-from ..train.build import load_strict
+from ..runs.checkpoint import load_strict
 from .container import pack_bits, read_container, unpack_bits, write_container
 from .tables import check_layer, decoded_weight
 from .weight_table import WeightTable
@@ -220,11 +220,6 @@ def _architecture(meta: dict[str, Any]) -> nn.Module:
                             **(arch.get("kwargs") or {}))
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
 def read_header(path: str | Path) -> dict[str, Any]:
     """The JSON header of a packed file (validated like :func:`load_packed` does)."""
     return _read(path)[0]
@@ -296,7 +291,7 @@ def load_packed(path: str | Path, model: nn.Module | None = None) -> nn.Module:
                 new.bias = nn.Parameter(old.bias.detach().clone())
             if rec["weight"] is not None:
                 state[f"{name}.weight"] = _decode(rec, state, tables)
-            _set_module(model, name, new)
+            set_module(model, name, new)
     except KeyError as e:
         raise ValueError(f"{path}: the header lacks the entry {e}; the file is damaged") from e
     load_strict(model, state, f"packed file {path}")

@@ -1,6 +1,6 @@
 """Training: configs, the loop, checkpoints, schedules, evaluation."""
 
-from .config import DataConfig, DistillConfig, ModelConfig, OptimConfig, RunConfig, load_config
+from ..runs.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, RunConfig, load_config
 from .evaluate import evaluate
 from .loop import Trainer, TrainingDiverged, train
 

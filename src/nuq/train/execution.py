@@ -19,29 +19,13 @@ from __future__ import annotations
 import contextlib
 import shutil
 import warnings
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..config_utils import check_choice, check_type
+from ..runs.config import PRECISIONS, TrainConfig  # noqa: F401 (re-exported)
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 _AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    precision: str = "fp32"
-    channels_last: bool = False
-    compile: bool = False
-    log_every: int = 50
-
-    def __post_init__(self) -> None:
-        check_choice(self.precision, PRECISIONS, "train.precision")
-        check_type(self.channels_last, bool, "train.channels_last")
-        check_type(self.compile, bool, "train.compile")
-        check_type(self.log_every, int, "train.log_every", positive=True)
 
 
 def check_execution(cfg: TrainConfig, device: torch.device) -> None:

@@ -24,12 +24,15 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..data import load_dataset, make_loader
-from ..prepare import quantizer_parameters, signed_inputs
+from ..nn.walk import quantizer_parameters
+from ..prepare import signed_inputs
+from ..runs.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from ..runs.config import RunConfig, same_config, save_config
+from ..runs.files import write_json
+from ..runs.load import qat_summary, rebuild
 from . import distributed as ddp
 from . import execution as ex
-from .build import build_model, qat_summary, rebuild
-from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, write_json
-from .config import RunConfig, same_config, save_config
+from .build import build_model
 from .evaluate import evaluate
 from .schedule import lr_factor
 from .tblog import TensorBoardLog

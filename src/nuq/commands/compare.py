@@ -21,6 +21,7 @@ to ``results.csv`` and ``results.md`` (mean +- std over seeds).
 
 from __future__ import annotations
 
+import argparse
 import copy
 import csv
 import json
@@ -31,9 +32,11 @@ from typing import Any
 
 import yaml
 
-from .config_utils import from_dict
-from .train import train
-from .train.config import RunConfig, config_from_dict
+from ..config_utils import apply_overrides, from_dict
+from ..runs.config import RunConfig, config_from_dict
+
+NAME = "compare"
+HELP = "grid of methods x bits x seeds from one float run; results table"
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ def _done(cfg: RunConfig) -> dict[str, Any] | None:
 
 
 def run_grid(grid: GridConfig) -> list[dict[str, Any]]:
+    from ..train import train
+
     fcfg = float_config(grid)
     cells = cell_configs(grid)  # fail on a bad cell before training anything
     ffinal = _done(fcfg) or train(fcfg)
@@ -110,11 +115,10 @@ def run_grid(grid: GridConfig) -> list[dict[str, Any]]:
 def make_plots(grid: GridConfig, cells: list[tuple[str, int, int, RunConfig]], rows: list[dict[str, Any]]) -> None:
     """accuracy_vs_bits.png, training_curves.png, entropy_{act,weight}.png and one
     quantizers_<method>.png (transfer functions, histograms, levels) in ``out_dir``."""
-    from .analysis import plots
-    from .analysis.entropy import layer_entropies
-    from .data import load_dataset, make_loader
-    from .train.build import rebuild
-    from .train.checkpoint import load_checkpoint
+    from ..analysis import plots
+    from ..analysis.entropy import layer_entropies
+    from ..data import load_dataset, make_loader
+    from ..runs import load_run
 
     out = Path(grid.out_dir)
     plots.accuracy_vs_bits(rows, out / "accuracy_vs_bits.png")
@@ -129,8 +133,7 @@ def make_plots(grid: GridConfig, cells: list[tuple[str, int, int, RunConfig]], r
     batches = list(make_loader(test, 128, train=False))
     ent = {}
     for m, c in shown:
-        ckpt = load_checkpoint(c.out_dir)
-        model, _ = rebuild(ckpt, ckpt["num_classes"], ckpt["in_channels"])
+        model = load_run(c.out_dir).model
         plots.quantizer_panels(model, batches, out / f"quantizers_{m}.png")
         ent[m] = layer_entropies(model, batches)
     plots.entropy_by_layer(ent, out / "entropy_act.png", key="a_entropy")
@@ -181,7 +184,17 @@ def write_results(grid: GridConfig, rows: list[dict[str, Any]]) -> None:
 
 
 def load_grid(path: str | Path, overrides: list[str] | None = None) -> GridConfig:
-    from .config_utils import apply_overrides
-
     data = yaml.safe_load(Path(path).read_text()) or {}
     return from_dict(GridConfig, apply_overrides(data, list(overrides or [])), "grid")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", required=True, help="grid YAML (see configs/compare/)")
+    p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override a grid key (repeatable)")
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = run_grid(load_grid(args.config, args.set))
+    print()
+    print(markdown_table(rows))
+    return 0

@@ -6,6 +6,7 @@ Writes ``RUN_DIR/analysis/analysis.json`` and ``quantizers.png`` and returns the
 
 from __future__ import annotations
 
+import argparse
 import json
 import tempfile
 from pathlib import Path
@@ -13,21 +14,23 @@ from typing import Any
 
 import torch
 
-from .analysis import plots
-from .analysis.accounting import count_model, quantization_error
-from .analysis.entropy import layer_entropies
-from .analysis.hooks import visit_layer_inputs
-from .data import load_dataset, make_loader
-from .prepare import quant_layers
-from .train.build import architecture, qat_summary, rebuild
-from .train.checkpoint import load_checkpoint, write_json
+from ..analysis import plots
+from ..analysis.accounting import count_model, quantization_error
+from ..analysis.entropy import layer_entropies
+from ..analysis.hooks import visit_layer_inputs
+from ..data import load_dataset, make_loader
+from ..export.packed import float32_bytes, save_packed
+from ..nn.walk import quant_layers
+from ..runs import architecture, load_run, qat_summary, write_json
+
+NAME = "analyze"
+HELP = "size, FixOPs/BitOPs, entropy, quantization error and plots of a run"
 
 
 @torch.no_grad()
 def analyze_run(run_dir: str, data_dir: str | None = None, batches: int = 2) -> dict[str, Any]:
-    ckpt = load_checkpoint(run_dir)
-    model, cfg = rebuild(ckpt, ckpt["num_classes"], ckpt["in_channels"])
-    model.eval()
+    run = load_run(run_dir)
+    model, cfg, ckpt = run.model, run.config, run.checkpoint
     test = load_dataset(cfg.data.name, data_dir or cfg.data.data_dir, train=False).subset(128 * batches, seed=0)
     loader = list(make_loader(test, 128, train=False))
     shape = (1, *loader[0][0].shape[1:])
@@ -57,8 +60,6 @@ def analyze_run(run_dir: str, data_dir: str | None = None, batches: int = 2) -> 
 def _file_sizes(model: torch.nn.Module) -> dict[str, int]:
     """Bytes of the real packed file of the model (written to a temporary directory) and of
     its float32 parameters and buffers."""
-    from .export.packed import float32_bytes, save_packed
-
     if not list(quant_layers(model)):
         return {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,3 +90,13 @@ def format_analysis(r: dict[str, Any]) -> str:
                      f"{cell(row, 'w_error', 'clip')} {cell(row, 'w_error', 'proj')} "
                      f"{cell(row, 'a_error', 'clip')} {cell(row, 'a_error', 'proj')}")
     return "\n".join(lines) + "\n" + json.dumps({"written": str(Path(r["run"]) / "analysis")})
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir")
+    p.add_argument("--data-dir")
+
+
+def run(args: argparse.Namespace) -> int:
+    print(format_analysis(analyze_run(args.run_dir, data_dir=args.data_dir)))
+    return 0

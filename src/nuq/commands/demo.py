@@ -8,14 +8,16 @@ first/last layers at 8 bits), and prints float vs quantized test accuracy on the
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
-from . import available_quantizers
-from .config_utils import apply_overrides
-from .quantizers import quantizer_class
-from .train import train
-from .train.config import config_from_dict
+from ..config_utils import apply_overrides
+from ..quantizers import available_quantizers, quantizer_class
+from ..runs.config import config_from_dict
+
+NAME = "demo"
+HELP = "short real run: float ResNet-20 on Fashion-MNIST, then W2A2 QAT; prints a table"
 
 DEFAULT_METHODS = ("lsq", "nulsq")
 
@@ -43,6 +45,8 @@ def run_demo(out_dir: str = "runs/demo", data_dir: str | None = None, quick: boo
              methods: list[str] | None = None, overrides: list[str] | None = None) -> list[dict]:
     """``overrides``: ``key=value`` strings applied to every run of the demo (e.g.
     ``train.compile=true``)."""
+    from ..train import train
+
     methods = list(methods or [m for m in DEFAULT_METHODS if m in available_quantizers()])
     rows = []
     for raw in demo_configs(out_dir, data_dir, quick, methods):
@@ -62,3 +66,18 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"| {r['name']} | {r['quant']} | {r['test_top1']:.2f} | {r['test_top5']:.2f} "
                      f"| {r['wall_s']:.0f} |")
     return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out-dir", default="runs/demo")
+    p.add_argument("--data-dir")
+    p.add_argument("--quick", action="store_true", help="tiny subset, for smoke tests (results not meaningful)")
+    p.add_argument("--methods", nargs="+", default=None, help="QAT methods to compare (default: lsq nulsq)")
+    p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
+                   help="override a key of every demo run, e.g. train.compile=true (repeatable)")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_demo(out_dir=args.out_dir, data_dir=args.data_dir, quick=args.quick, methods=args.methods,
+             overrides=args.set)
+    return 0

@@ -12,12 +12,28 @@ from typing import Any
 
 import yaml
 
-from ..config_utils import apply_overrides, check_choice, from_dict, to_dict
+from ..config_utils import apply_overrides, check_choice, check_type, from_dict, to_dict
 from ..qconfig import QATConfig
-from .execution import TrainConfig
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``train:``: how a run is computed (see :mod:`nuq.train.execution`), not part of its identity."""
+
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        check_choice(self.precision, PRECISIONS, "train.precision")
+        check_type(self.channels_last, bool, "train.channels_last")
+        check_type(self.compile, bool, "train.compile")
+        check_type(self.log_every, int, "train.log_every", positive=True)
 
 
 @dataclass(frozen=True)

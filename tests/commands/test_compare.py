@@ -3,7 +3,7 @@
 import pytest
 from tests_helpers import needs_data
 
-from nuq.compare import GridConfig, cell_configs, markdown_table, run_grid
+from nuq.commands.compare import GridConfig, cell_configs, markdown_table, run_grid
 
 
 def test_bad_cell_fails_before_training(tmp_path):
