@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+import nuq.quantizers
+
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_data = pytest.mark.skipif(not FMNIST.is_dir() and not os.environ.get("NUQ_DATA_DIR"),
                                 reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
@@ -42,3 +44,11 @@ def run_quantizer(q, x, mode: str):
 
     torch._dynamo.reset()
     return torch.compile(q, backend="aot_eager", fullgraph=True)(x)
+
+
+def role_for(name: str, signed: bool) -> str:
+    """The role a test quantizer plays: signed ones stand for weights, unsigned ones for
+    post-ReLU activations, unless the method is meant for one role only."""
+    roles = nuq.quantizers.quantizer_class(name).roles
+    want = "weight" if signed else "activation"
+    return want if want in roles else roles[0]

@@ -75,19 +75,15 @@ def _build_layer(layer: nn.Module, spec: LayerSpec, cfg: QATConfig, act_signed: 
     w_q = a_q = transform = None
     if spec.weight is not None:
         per_channel = cfg.per_channel and spec.weight == cfg.weight
-        w_q = make_quantizer(spec.weight, bits=spec.w_bits, signed=True, grad_scale=cfg.grad_scale,
+        w_q = make_quantizer(spec.weight, bits=spec.w_bits, signed=True, role="weight", grad_scale=cfg.grad_scale,
                              per_channel=per_channel, channels=layer.weight.shape[0] if per_channel else None,
                              **(cfg.weight_kwargs if is_default_w else {}))
         if spec.weight_transform is not None:
-            transform = make_transform(spec.weight_transform,
-                                       **({"bits": spec.w_bits} if spec.weight_transform == "n2uq_entropy" else {}))
+            transform = make_transform(spec.weight_transform, context={"bits": spec.w_bits})
     if spec.act is not None:
         kwargs = dict(cfg.act_kwargs) if spec.act == cfg.act else {}
-        if spec.act == "minmax":
-            # activations keep a running range frozen in eval: a prediction must not depend
-            # on the other images of its batch (minmax defaults to dynamic when signed)
-            kwargs.setdefault("observer", "running")
-        a_q = make_quantizer(spec.act, bits=spec.a_bits, signed=act_signed, grad_scale=cfg.grad_scale, **kwargs)
+        a_q = make_quantizer(spec.act, bits=spec.a_bits, signed=act_signed, role="activation",
+                             grad_scale=cfg.grad_scale, **kwargs)
     cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
     new = cls.from_float(layer, weight_quantizer=w_q, act_quantizer=a_q, weight_transform=transform)
     new.to(layer.weight.device)  # quantizers are built on the CPU; follow the layer (e.g. to the GPU)

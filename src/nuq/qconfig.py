@@ -38,8 +38,8 @@ class QATConfig:
 
     * ``weight`` / ``act``: registered method names (``nuq.available_quantizers()``),
       or None to keep weights / activations float.
-    * ``first_last``: "8bit" (APoT Sec. 4.1: the ``minmax`` 8-bit quantizer), "float",
-      or "same" (as every other layer).
+    * ``first_last``: "8bit" (APoT Sec. 4.1: 8-bit weights and inputs, with the quantizer
+      ``first_last_method``, by default ``minmax``), "float", or "same" (as every other layer).
     * ``skip``: fnmatch patterns of module names left float.
     * ``overrides``: {pattern: {"weight"|"act"|"w_bits"|"a_bits"|"skip"|"weight_transform": value}}.
     * ``quantize_downsample``: whether 1x1 shortcut convolutions (names matching
@@ -60,6 +60,7 @@ class QATConfig:
     w_bits: int = 4
     a_bits: int = 4
     first_last: str = "8bit"
+    first_last_method: str = "minmax"
     per_channel: bool = False
     w_init: str = "auto"
     a_init: str = "auto"
@@ -88,6 +89,8 @@ class QATConfig:
             if bad:
                 raise ValueError(f"overrides[{pattern!r}] has unknown key(s) {bad}; "
                                  f"allowed: {', '.join(OVERRIDE_KEYS)}")
+        self._check_pair(self.first_last_method, 8, None, "first_last_method", "8-bit first/last layers", None,
+                         signed=True)
         self._check_pair(self.weight, self.w_bits, self.w_init, "weight", "w_bits", "w_init", signed=True)
         self._check_pair(self.act, self.a_bits, self.a_init, "act", "a_bits", "a_init", signed=False)
         if self.per_channel and self.weight is not None and not quantizer_class(self.weight).supports_per_channel:
@@ -104,7 +107,10 @@ class QATConfig:
     def _check_pair(method, bits, init, m_arg, b_arg, i_arg, signed) -> None:
         if method is None:
             return
-        cls = quantizer_class(method)  # ValueError naming the registered methods
+        try:
+            cls = quantizer_class(method)
+        except ValueError as e:  # name the key, then the registered methods
+            raise ValueError(f"{m_arg}: {e}") from None
         if isinstance(bits, bool) or not isinstance(bits, int) or not cls.min_bits <= bits <= cls.max_bits:
             raise ValueError(f"{b_arg}={bits!r} is not supported by {m_arg}={method!r}: "
                              f"use an int in {cls.min_bits}..{cls.max_bits}")
@@ -125,7 +131,7 @@ class QATConfig:
             if self.first_last == "float":
                 return None
             if self.first_last == "8bit":
-                spec = LayerSpec("minmax", "minmax", 8, 8, None)
+                spec = LayerSpec(self.first_last_method, self.first_last_method, 8, 8, None)
         for pattern, ov in self.overrides.items():
             if fnmatch.fnmatchcase(name, pattern):
                 if ov.get("skip"):

@@ -70,7 +70,7 @@ def test_float_and_mixed_layers():
 
 
 def test_counting_leaves_the_model_untouched():
-    act = make_quantizer("minmax", bits=8, signed=True)  # dynamic observer: updates on every call
+    act = make_quantizer("minmax", bits=8, signed=True, observer="dynamic")  # updates on every call
     act.range.fill_(5.0)
     act.mark_initialized()
     model = Tiny(q("lsq", 4, True), act, None, None)

@@ -106,7 +106,7 @@ def test_training_other_dtypes_and_large_sums_keep_the_float_path():
         assert integer_operands(layer, x) is None
     # 8-bit x 8-bit over 1024 inputs: 1024 * 128 * 128 = 2^24, no longer exact in float32
     lin = QuantLinear.from_float(torch.nn.Linear(1024, 2),
-                                 weight_quantizer=make_quantizer("minmax", bits=8, signed=True),
+                                 weight_quantizer=make_quantizer("minmax", bits=8, signed=True, role="weight"),
                                  act_quantizer=make_quantizer("minmax", bits=8, signed=True, observer="running"))
     x = torch.randn(3, 1024)
     lin.train()(x)

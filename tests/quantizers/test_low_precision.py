@@ -4,7 +4,7 @@ input dtype), and the gradients are float32's."""
 
 import pytest
 import torch
-from tests_helpers import MODES, run_quantizer
+from tests_helpers import MODES, role_for, run_quantizer
 
 import nuq
 
@@ -13,7 +13,7 @@ METHODS = nuq.available_quantizers()
 
 def _pair(name, bits, signed, dtype):
     torch.manual_seed(bits + 10 * signed)
-    q = nuq.make_quantizer(name, bits=bits, signed=signed)
+    q = nuq.make_quantizer(name, bits=bits, signed=signed, role=role_for(name, signed))
     x = torch.randn(8, 16, 12, 12) * 1.5
     if not signed:
         x = x.relu()

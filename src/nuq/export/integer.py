@@ -38,51 +38,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..quantizers import Quantizer
-from .tables import check_layer, decoded_weight, level_grid
+from .tables import check_layer, decoded_weight
 
 #: elements of the one-hot activation tensor of the lookup path kept in memory at once
 _LOOKUP_CHUNK = 1 << 24
 
 
 def integer_levels(q: Quantizer) -> tuple[Tensor, Tensor, str] | None:
-    """(ints, scale, kind) with ``levels() ~= scale * ints``: ints int64 [L] (shared by
-    every channel), scale float64 0-d or [C]; kind ``"dyadic"`` (APoT/PoT: the sums of
-    powers of two of ``levelsets.py``, times 2^E) or ``"grid"`` (any table that is exactly
-    integers times a float32 scale: uniform grids, DoReFa's odd integers). None otherwise."""
-    lv = q.levels().detach().cpu().float()
-    if q.method in ("apot", "pot") and lv.dim() == 1:
-        # the structure of the level set (sums of powers of two), not just any integers
-        dyadic = _dyadic_levels(q, lv)
-        if dyadic is not None:
-            return dyadic
-    grid = level_grid(lv)
-    if grid is not None:
-        return grid[0], grid[1].double(), "grid"
-    return None
-
-
-def _dyadic_levels(q: Quantizer, lv: Tensor) -> tuple[Tensor, Tensor, str] | None:
-    from ..quantizers.levelsets import level_set
-
-    try:
-        raw = level_set(q.method, q.bits, signed=q.signed, k=getattr(q, "k", 2), normalize=False)
-    except ValueError:
-        return None
-    if raw.numel() != lv.numel():
-        return None
-    # smallest E with every level * 2^E an integer (dyadic rationals); keep it int64-safe
-    for e in range(0, 48):
-        m = raw * 2.0**e
-        if torch.equal(m, m.round()):
-            break
-    else:
-        return None
-    m = m.round().long()
-    lv64 = lv.double()
-    scale = lv64.abs().max() / m.abs().max()
-    if not torch.allclose(scale * m.double(), lv64, rtol=1e-5, atol=1e-6 * float(lv64.abs().max())):
-        return None  # not the APoT/PoT set of levelsets.py (another convention)
-    return m, scale, "dyadic"
+    """``q.integer_levels()``: (ints, scale, kind) with ``levels() ~= scale * ints``, kind
+    ``"dyadic"`` (sums of powers of two: shift-add) or ``"grid"``; None otherwise."""
+    return q.integer_levels()
 
 
 def integer_plan(layer: nn.Module) -> str:

@@ -57,7 +57,6 @@ from torch import Tensor, nn
 
 from ..nn.walk import quant_layers, set_module
 from ..quantizers import Quantizer
-from ..quantizers.base import STEP_FLOOR
 from ..runs.files import atomic_write_bytes
 from .onnx_integer import int_dtype, integer_layer
 from .packed import _check_model
@@ -164,34 +163,37 @@ class LookupAct(nn.Module):
         return self.levels[idx]
 
 
-class DynamicAbsMaxAct(nn.Module):
-    """The ``minmax`` quantizer with ``observer="dynamic"``: its step is max|x| / Qp of the
-    *current batch* (the default of a signed minmax quantizer, so of the first layer's
-    input), computed in the graph with the same float32 operations, in the same order, as
-    ``MinMaxQuantizer.quantize``: ReduceMax(Abs) -> Div -> Max(floor) -> Div -> Clip ->
-    Round -> Mul. The one data-dependent quantizer, hence the one method-specific module."""
+class DynamicAct(nn.Module):
+    """A quantizer whose range is measured on the *current batch* (``q.dynamic``, e.g. the
+    dynamic ``minmax`` observer): the quantizer's own ``dynamic_form()`` traced into the
+    graph (for minmax: ReduceMax(Abs) -> Div -> Max(floor) -> Div -> Clip -> Round), times
+    the measured step."""
 
-    def __init__(self, q: Quantizer) -> None:
+    def __init__(self, form: nn.Module) -> None:
         super().__init__()
-        self.qn, self.qp = q.qn, q.qp
+        self.form = form
 
     def forward(self, x: Tensor) -> Tensor:
-        step = (x.abs().amax() / self.qp).clamp_min(STEP_FLOOR)
-        return torch.round(torch.clamp(x / step, -self.qn, self.qp)) * step
+        k, step = self.form(x)
+        return k * step
 
 
 def _dynamic_act(q: Quantizer, name: str) -> nn.Module | None:
-    if q.method != "minmax" or getattr(q, "observer", None) != "dynamic":
+    if not q.dynamic:
         return None
+    form = q.dynamic_form()
+    if form is None:
+        raise ValueError(f"{name}: the {q.method!r} quantizer measures its range on every batch but offers no "
+                         "dynamic_form(); it cannot be exported")
     if q.per_channel:
-        raise ValueError(f"{name}: per-channel dynamic minmax activations cannot be exported")
-    mod = DynamicAbsMaxAct(q)
+        raise ValueError(f"{name}: per-channel dynamic activation quantizers cannot be exported")
+    mod = DynamicAct(form)
     qc = copy.deepcopy(q).cpu().float().eval()
     gen = torch.Generator().manual_seed(0)
     for scale in (1e-3, 1.0, 1e3):
         x = torch.randn(3, 257, generator=gen) * scale
         if not torch.equal(mod(x), qc(x)):
-            raise ValueError(f"{name}: dynamic minmax export does not reproduce the quantizer")
+            raise ValueError(f"{name}: the dynamic export of {q.method!r} does not reproduce the quantizer")
     return mod
 
 

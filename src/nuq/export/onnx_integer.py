@@ -24,7 +24,6 @@ from torch import Tensor, nn
 
 from ..nn.integer_eval import EXACT_LIMIT
 from ..quantizers import Quantizer
-from ..quantizers.base import STEP_FLOOR
 from ..quantizers.grid import level_grid
 
 
@@ -107,10 +106,10 @@ class _IntegerOp(torch.autograd.Function):
 class IntegerAct(nn.Module):
     """Activation integers and their scale: ``(k_a, s_a)``; ``kind`` "recip" / "div" (a
     rounding quantizer that multiplies by 1/s / divides by s), "lookup" (thresholds that
-    are not a rounding formula, e.g. N2UQ's) or "dynamic" (minmax of the current batch)."""
+    are not a rounding formula, e.g. N2UQ's) or "dynamic" (the quantizer's ``dynamic_form`` on the current batch)."""
 
     def __init__(self, kind: str, ints: Tensor, scale: Tensor | None, thresholds: Tensor | None = None,
-                 inv: Tensor | None = None, qn: int = 0, qp: int = 0, levels: Tensor | None = None) -> None:
+                 inv: Tensor | None = None, levels: Tensor | None = None, form: nn.Module | None = None) -> None:
         super().__init__()
         self.kind = kind
         self.dtype = int_dtype(int(ints.min()), int(ints.max()))
@@ -123,7 +122,7 @@ class IntegerAct(nn.Module):
         lv = levels if levels is not None else torch.zeros(2)
         self.register_buffer("lo", lv[0].float().clone())
         self.register_buffer("hi", lv[-1].float().clone())
-        self.qn, self.qp = qn, qp
+        self.form = form
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.kind == "recip":
@@ -132,19 +131,19 @@ class IntegerAct(nn.Module):
             return _DivCodes.apply(x, self.scale, self.lo, self.hi, self.dtype), self.scale
         if self.kind == "lookup":
             return self.ints[(x.unsqueeze(-1) >= self.thresholds).sum(-1)], self.scale
-        # the same float32 operations as MinMaxQuantizer.encode and .levels
-        step = (x.abs().amax() / self.qp).clamp_min(STEP_FLOOR)
-        return torch.round(torch.clamp(x / step, -self.qn, self.qp)), step
+        # the quantizer's own dynamic computation (e.g. minmax: max|x| / Qp of this batch)
+        return self.form(x)
 
 
 def integer_act(q: Quantizer, table, name: str) -> IntegerAct | None:
     """The integer form of activation quantizer ``q`` (``table``: its ActTable, None for
     the dynamic minmax observer), or None when its levels are not an integer grid."""
     if q.dynamic:
-        if q.method != "minmax" or q.per_channel:
+        form = q.dynamic_form()
+        if form is None or q.per_channel:
             return None
         ints = torch.arange(-q.qn, q.qp + 1)
-        return IntegerAct("dynamic", ints, None, qn=q.qn, qp=q.qp)
+        return IntegerAct("dynamic", ints, None, form=form)
     grid = level_grid(q.levels().detach().cpu().float())
     if grid is None or grid[1].dim() != 0 or int_dtype(int(grid[0].min()), int(grid[0].max())) is None:
         return None

@@ -5,8 +5,8 @@ What is stored (the container layout is in :mod:`nuq.export.container`):
 * per quantized layer, the weight *codes* (indices into the level table) bit-packed at
   ``ceil(log2 L)`` bits for a table of L levels -- 2 bits per weight at W2, 8 at W8 -- and
   the weight level table (``[L]``, or ``[C, L]`` per channel) in the weight's dtype;
-* the activation quantizer as a tiny module: method, bits, signedness, constructor
-  arguments and its ``state_dict`` tensors, so ``load_packed`` rebuilds the very same
+* the activation quantizer as a tiny module: its ``config()`` (method, bits, signedness,
+  constructor arguments) and its ``state_dict`` tensors, so ``load_packed`` rebuilds the very same
   quantizer (its thresholds included, whatever rule the method uses);
 * every other tensor of the model's ``state_dict`` as is (BatchNorm, biases, layers kept
   float);
@@ -31,7 +31,6 @@ weights for inference; this file is that, at ``b`` bits per weight.
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from ..config_utils import to_dict
 from ..models import create_model
 from ..nn.layers import QuantConv2d, QuantLinear
 from ..nn.walk import named_quantizers, quant_layers, set_module
-from ..quantizers import Quantizer, make_quantizer
+from ..quantizers import Quantizer
 from ..runs.checkpoint import load_strict
 from .container import pack_bits, read_container, unpack_bits, write_container
 from .tables import check_layer, decoded_weight
@@ -53,7 +52,6 @@ from .weight_table import WeightTable
 
 FORMAT = "nuq-packed"
 FORMAT_VERSION = 1
-_JSON_SCALARS = (type(None), bool, int, float, str)
 _CONV_ATTRS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
                "padding_mode")
 _LINEAR_ATTRS = ("in_features", "out_features")
@@ -70,25 +68,16 @@ def _geometry(layer: nn.Module) -> dict[str, Any]:
     return {"kind": "conv2d" if isinstance(layer, nn.Conv2d) else "linear", **g, "bias": layer.bias is not None}
 
 
-def _ctor_kwargs(q: Quantizer) -> dict[str, Any]:
-    """Constructor arguments of ``q`` that it keeps as attributes of the same name
-    (``observer``, ``momentum``, ``grad_scale``, ...); JSON values only."""
-    out: dict[str, Any] = {}
-    for cls in (type(q), Quantizer):
-        for p in inspect.signature(cls.__init__).parameters.values():
-            if p.name in ("self", "bits", "signed") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                continue
-            v = getattr(q, p.name, inspect.Parameter.empty)
-            if isinstance(v, tuple):
-                v = list(v)
-            if isinstance(v, _JSON_SCALARS) or (isinstance(v, list) and all(isinstance(e, _JSON_SCALARS) for e in v)):
-                out.setdefault(p.name, v)
-    return out
+def _act_spec(q: Quantizer) -> dict[str, Any]:
+    """What the header stores of an activation quantizer: its ``config()`` (the role is
+    implied by the entry)."""
+    cfg = q.config()
+    return {k: cfg[k] for k in ("method", "bits", "signed", "kwargs")}
 
 
 def _rebuild_quantizer(spec: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> Quantizer:
     try:
-        q = make_quantizer(spec["method"], bits=spec["bits"], signed=spec["signed"], **spec["kwargs"])
+        q = Quantizer.from_config({**spec, "role": "activation"})
         q.load_state_dict(state, strict=True)
     except (KeyError, TypeError, RuntimeError) as e:
         raise ValueError(f"{where}: cannot rebuild the {spec.get('method')!r} activation quantizer ({e})") from e
@@ -97,14 +86,14 @@ def _rebuild_quantizer(spec: dict[str, Any], state: dict[str, torch.Tensor], whe
 
 @torch.no_grad()
 def _check_rebuild(q: Quantizer, spec: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> None:
-    """Rebuild ``q`` from what will be stored and compare, so a quantizer with hidden
-    constructor state fails at save time rather than giving a different model at load."""
+    """Rebuild ``q`` from what will be stored and compare, so a quantizer whose ``config()``
+    misses some state fails at save time rather than giving a different model at load."""
     q2 = _rebuild_quantizer(spec, state, where)
     lv = q.levels().detach().cpu()
     x = torch.cat([torch.linspace(-3, 3, 257) * float(lv.abs().max().clamp_min(1e-6)), lv.reshape(-1).float()])
     q1 = copy.deepcopy(q).cpu().eval()
     if not (torch.equal(q2.levels().detach(), lv) and torch.equal(q2(x), q1(x))):
-        raise ValueError(f"{where}: the {q.method!r} quantizer rebuilt from its constructor arguments "
+        raise ValueError(f"{where}: the {q.method!r} quantizer rebuilt from its config() "
                          f"{spec['kwargs']} and state_dict differs from the original; it cannot be packed")
 
 
@@ -190,7 +179,7 @@ def save_packed(model: nn.Module, path: str | Path, meta: dict[str, Any] | None 
                 rec["weight"] = None
             if aq is not None:
                 state = {k: v.detach().cpu() for k, v in aq.state_dict().items()}
-                spec = {"method": aq.method, "bits": aq.bits, "signed": aq.signed, "kwargs": _ctor_kwargs(aq)}
+                spec = _act_spec(aq)
                 _check_rebuild(aq, spec, state, name)
                 arrays.update({f"{name}.act_quantizer.{k}": v for k, v in state.items()})
                 rec["act"] = spec

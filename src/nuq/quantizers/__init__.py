@@ -16,7 +16,7 @@ from .base import (
 )
 
 for _mod in pkgutil.iter_modules(__path__):
-    if _mod.name not in ("base", "init"):
+    if _mod.name not in ("base", "initializers", "rcf"):
         importlib.import_module(f"{__name__}.{_mod.name}")
 
 __all__ = ["Quantizer", "available_quantizers", "make_quantizer", "quantizer_class", "register_quantizer"]

@@ -8,7 +8,19 @@ A quantizer is a ``torch.nn.Module`` that maps a tensor to its fake-quantized co
                          (``[C, L]`` for per-channel quantizers);
 * ``encode(x)``       -- integer codes, indices into ``levels()``;
 * ``decode(codes)``   -- ``levels()`` gathered at ``codes``; equals ``forward(x)`` exactly;
-* ``initialize(x, method)`` -- data-driven initialisation from a sample.
+* ``initialize(x, method)`` -- data-driven initialisation from a sample;
+* ``config()`` / ``Quantizer.from_config(cfg)`` -- a JSON description that rebuilds the
+                         quantizer (what export files store);
+* ``integer_levels()``  -- the integer structure of the level table, if any (a grid of
+                         integers times a scale, or APoT's sums of powers of two);
+* ``dynamic_form()``    -- for a quantizer whose range is measured on every input
+                         (``dynamic``), the stateless computation of its integer codes,
+                         shared by eval, ONNX export and the integer reference.
+
+``role`` ("weight" or "activation") is what the quantizer is used for; a method may
+behave differently per role (``minmax`` observes weights per tensor on every call and
+activations with a running range), and a method may name the roles its paper uses it for
+(``roles``; another role gives a warning).
 
 Registering a method is one decorated class in one file of this package::
 
@@ -23,6 +35,7 @@ elements that share a parameter); ``grad_scale="lsq"`` multiplies it by 1/sqrt(N
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -30,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 GRAD_SCALES = (None, "lsq")
+ROLES = ("weight", "activation")
 
 #: Floor applied to step sizes / clipping thresholds in the forward pass, so that a
 #: parameter pushed to zero or below by the optimiser never divides by zero.
@@ -95,6 +109,11 @@ class Quantizer(nn.Module):
     #: weight transform the method's paper applies before its weight quantizer; used by
     #: QATConfig(weight_transform="auto")
     default_weight_transform: ClassVar[str | None] = None
+    #: roles the method is meant for; constructing it for another role warns
+    roles: ClassVar[tuple[str, ...]] = ROLES
+    #: constructor arguments (beyond bits, signed, role and the base ones) that the
+    #: quantizer keeps as attributes of the same name: what ``config()`` serialises
+    config_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -103,6 +122,7 @@ class Quantizer(nn.Module):
         grad_scale: str | None = None,
         per_channel: bool = False,
         channels: int | None = None,
+        role: str = "activation",
     ) -> None:
         super().__init__()
         cls = type(self)
@@ -119,6 +139,12 @@ class Quantizer(nn.Module):
             raise ValueError(f"per_channel=True is not supported by {cls.method!r}")
         if channels is not None and (not isinstance(channels, int) or channels < 1):
             raise ValueError(f"channels={channels!r}; allowed: a positive int or None")
+        if role not in ROLES:
+            raise ValueError(f"role={role!r}; allowed: {', '.join(ROLES)}")
+        if role not in cls.roles:
+            warnings.warn(f"{cls.method!r} is meant for {' and '.join(cls.roles)} quantization, not {role}s "
+                          f"(see its documentation for the method to use instead)", stacklevel=3)
+        self.role = role
         self.bits = bits
         self.signed = signed
         self.grad_scale = grad_scale
@@ -144,6 +170,41 @@ class Quantizer(nn.Module):
         """True when the level table depends on the current input (an observer that
         re-measures every batch); such a quantizer's ``levels()`` holds after ``encode(x)``."""
         return False
+
+    def dynamic_form(self) -> nn.Module | None:
+        """For a ``dynamic`` quantizer, a stateless module mapping ``x`` to ``(k, step)``:
+        integer codes (as floats, centred: ``k * step`` is the output) and the step it
+        measured on ``x``, computed with exactly the operations ``quantize`` uses. None for
+        quantizers with a fixed level table."""
+        return None
+
+    def integer_levels(self) -> tuple[Tensor, Tensor, str] | None:
+        """``(ints, scale, kind)`` with ``levels() == scale * ints`` (float32-exact): ints int64
+        [L] shared by every channel, scale float64 0-d or [C]. ``kind`` is ``"grid"`` for a
+        table of integers times one scale (uniform grids, DoReFa's odd integers); methods
+        with more structure override this (APoT/PoT: ``"dyadic"``, sums of powers of two).
+        None when the table has no integer form."""
+        from .grid import level_grid
+
+        grid = level_grid(self.levels().detach().cpu().float())
+        if grid is None:
+            return None
+        return grid[0], grid[1].double(), "grid"
+
+    # --- description --------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """JSON description: ``{"method", "bits", "signed", "role", "kwargs"}``;
+        ``Quantizer.from_config`` of it (plus the ``state_dict``) rebuilds this quantizer."""
+        kwargs = {f: getattr(self, f) for f in type(self).config_fields}
+        kwargs.update(grad_scale=self.grad_scale, per_channel=self.per_channel, channels=self.channels)
+        kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+        return {"method": self.method, "bits": self.bits, "signed": self.signed, "role": self.role, "kwargs": kwargs}
+
+    @staticmethod
+    def from_config(cfg: dict[str, Any]) -> Quantizer:
+        """The quantizer a ``config()`` describes (parameters at their initial values)."""
+        return make_quantizer(cfg["method"], bits=cfg["bits"], signed=cfg["signed"],
+                              role=cfg.get("role", "activation"), **cfg.get("kwargs", {}))
 
     @property
     def num_levels(self) -> int:

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import STEP_FLOOR, Quantizer, compute_dtype, register_quantizer
-from .init import absmax, mse_search
+from .initializers import absmax, mse_search
 from .lsq import lsq_fake_quant
 
 #: 2^23, and its float32 bit pattern (rounding by addition, see _LCQFunction.forward)
@@ -184,6 +184,8 @@ class LCQQuantizer(Quantizer):
     # "mse" first: the supplement's constants (alpha 3.0 weights, 8.0 activations, "const") assume
     # normalised weights; on raw conv weights alpha = 3 rounds every weight to zero
     init_methods = ("mse", "lsq", "const")
+
+    config_fields = ("intervals",)
 
     def __init__(self, bits: int = 4, signed: bool = False, intervals: int = 16, **kwargs) -> None:
         super().__init__(bits=bits, signed=signed, **kwargs)

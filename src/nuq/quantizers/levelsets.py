@@ -40,7 +40,7 @@ import itertools
 import torch
 from torch import Tensor
 
-from .init import subsample
+from .initializers import subsample
 
 #: Bit widths accepted by the unsigned level-set functions (1 only serves as the magnitude
 #: half of a signed 2-bit set).

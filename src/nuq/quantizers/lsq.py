@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import STEP_FLOOR, Quantizer, compute_dtype, register_quantizer
-from .init import absmax, lsq_step, mse_search
+from .initializers import absmax, lsq_step, mse_search
 from .unrolled import compiling
 
 

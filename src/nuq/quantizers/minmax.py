@@ -14,13 +14,41 @@ backward pass is the straight-through estimator: dQ/dx = 1 inside the range, els
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .base import STEP_FLOOR, Quantizer, compute_dtype, register_quantizer
-from .init import absmax
-from .lsq import lsq_fake_quant
+from .initializers import absmax
 
 OBSERVERS = ("dynamic", "running")
+
+
+def codes_at(x: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:
+    """round(clip(x / s, -Qn, Qp)): the integer codes (as floats) of every minmax output;
+    clamping before rounding equals rounding before clamping for integer bounds."""
+    return torch.round(torch.clamp(x / step, -qn, qp))
+
+
+def absmax_step(x: Tensor, qp: int, per_channel: bool) -> Tensor:
+    """max|x| / Qp of the tensor (0-d), or of each channel on axis 0 (shaped to broadcast),
+    floored at STEP_FLOOR."""
+    if not per_channel:
+        return (x.abs().amax() / qp).clamp_min(STEP_FLOOR)
+    m = x.abs().reshape(x.shape[0], -1).amax(1)
+    return (m / qp).clamp_min(STEP_FLOOR).view((-1,) + (1,) * (x.dim() - 1))
+
+
+class AbsMaxCodes(nn.Module):
+    """The dynamic observer's whole computation, ``x -> (codes_at(x, s), s)`` with ``s`` from
+    the current ``x``: what ``MinMaxQuantizer`` computes in every mode, and what ONNX export
+    and the integer paths trace (one implementation, bit-identical everywhere)."""
+
+    def __init__(self, qn: int, qp: int, per_channel: bool = False) -> None:
+        super().__init__()
+        self.qn, self.qp, self.per_channel = qn, qp, per_channel
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        step = absmax_step(x, self.qp, self.per_channel)
+        return codes_at(x, step, self.qn, self.qp), step
 
 
 class _STERound(torch.autograd.Function):
@@ -29,7 +57,7 @@ class _STERound(torch.autograd.Function):
         ct = compute_dtype(x)
         v = x.to(ct) / step
         ctx.save_for_backward((v > -qn - 0.5) & (v < qp + 0.5))
-        return lsq_fake_quant(x.to(ct), step.to(ct), qn, qp).to(x.dtype)
+        return (codes_at(x.to(ct), step.to(ct), qn, qp) * step).to(x.dtype)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
@@ -44,12 +72,15 @@ class MinMaxQuantizer(Quantizer):
     supports_per_channel = True
     uniform_output = True
     init_methods = ("lsq", "mse", "minmax")
+    config_fields = ("observer", "momentum")
 
     def __init__(self, bits: int = 8, signed: bool = False, observer: str | None = None,
                  momentum: float = 0.1, **kwargs) -> None:
         super().__init__(bits=bits, signed=signed, **kwargs)
         if observer is None:
-            observer = "dynamic" if signed else "running"
+            # weights are re-measured on every call; activations keep a running range frozen
+            # in eval, so a prediction does not depend on the other images of its batch
+            observer = "dynamic" if self.role == "weight" else "running"
         if observer not in OBSERVERS:
             raise ValueError(f"observer={observer!r}; allowed: {', '.join(OBSERVERS)}")
         if not 0.0 < momentum <= 1.0:
@@ -68,6 +99,9 @@ class MinMaxQuantizer(Quantizer):
     def _step(self) -> Tensor:
         return (self.range / self.qp).clamp_min(STEP_FLOOR)
 
+    def dynamic_form(self) -> AbsMaxCodes | None:
+        return AbsMaxCodes(self.qn, self.qp, self.per_channel) if self.dynamic else None
+
     @torch.no_grad()
     def _observe(self, x: Tensor) -> None:
         if self.observer == "dynamic":
@@ -75,10 +109,15 @@ class MinMaxQuantizer(Quantizer):
         elif self.training:
             self.range.lerp_(absmax(x.detach().float(), self.per_channel), self.momentum)
 
-    def quantize(self, x: Tensor) -> Tensor:
+    def _current_step(self, x: Tensor) -> Tensor:
+        """The step for ``x``, broadcast against it; a dynamic observer measures it on x."""
         self._observe(x)
-        step = self.channel_view(self._step(), x)
-        return _STERound.apply(x, step, self.qn, self.qp)
+        if self.dynamic:
+            return absmax_step(x.detach().to(compute_dtype(x)), self.qp, self.per_channel)
+        return self.channel_view(self._step(), x)
+
+    def quantize(self, x: Tensor) -> Tensor:
+        return _STERound.apply(x, self._current_step(x), self.qn, self.qp)
 
     def levels(self) -> Tensor:
         grid = torch.arange(-self.qn, self.qp + 1, device=self.range.device, dtype=self.range.dtype)
@@ -87,10 +126,8 @@ class MinMaxQuantizer(Quantizer):
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
-        if self.observer == "dynamic":
-            self._observe(x)
-        step = self.channel_view(self._step(), x)
-        return (x.to(compute_dtype(x)) / step).clamp_(-self.qn, self.qp).round_().add_(self.qn).to(self.code_dtype)
+        step = self._current_step(x) if self.dynamic else self.channel_view(self._step(), x)
+        return codes_at(x.to(compute_dtype(x)), step, self.qn, self.qp).add_(self.qn).to(self.code_dtype)
 
     def _initialize(self, x: Tensor, method: str) -> None:
         self.range.copy_(absmax(x, self.per_channel))

@@ -58,7 +58,7 @@ from torch import Tensor, nn
 from . import unrolled
 from .base import STEP_FLOOR, Quantizer, compute_dtype, register_quantizer
 from .binsearch import bucket_gather
-from .init import absmax, mse_search
+from .initializers import absmax, mse_search
 from .lsq import lsq_fake_quant
 
 #: smallest interval width used in the forward pass (N2UQ Sec. 4.1)
@@ -188,6 +188,8 @@ class N2UQQuantizer(Quantizer):
 
     init_methods = ("const", "lsq", "mse")
     uniform_output = True
+    #: learned thresholds are N2UQ's activation quantizer; its weights use F_Q (``n2uq_w``)
+    roles = ("activation",)
 
     def __init__(self, bits: int = 2, signed: bool = False, **kwargs) -> None:
         super().__init__(bits=bits, signed=signed, **kwargs)

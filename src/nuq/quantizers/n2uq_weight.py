@@ -54,10 +54,11 @@ class _FQFunction(torch.autograd.Function):
 
 @register_quantizer("n2uq_w")
 class N2UQWeightQuantizer(Quantizer):
-    default_weight_transform = "n2uq_entropy"  # N2UQ appendix A: entropy-preserving scaling
     """The N2UQ weight quantizer F_Q: 2^b evenly spaced levels on [-1, 1], no zero."""
 
+    default_weight_transform = "n2uq_entropy"  # N2UQ appendix A: entropy-preserving scaling
     init_methods = ("const",)
+    roles = ("weight",)
 
     def __init__(self, bits: int = 2, signed: bool = True, **kwargs) -> None:
         super().__init__(bits=bits, signed=signed, **kwargs)

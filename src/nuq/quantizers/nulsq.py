@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from . import unrolled
 from .base import STEP_FLOOR, Quantizer, register_quantizer
 from .binsearch import bin_tables, bucket_gather, table_search_applies
-from .init import absmax, lsq_step, mse_search
+from .initializers import absmax, lsq_step, mse_search
 from .lsq import LSQQuantizer, lsq_fake_quant
 
 
@@ -197,6 +197,8 @@ class NuLSQQuantizer(Quantizer):
     (default 1/Qp, so that the unsigned levels span [0, 1])."""
 
     init_methods = ("lsq", "mse", "const")
+
+    config_fields = ("init_value",)
 
     def __init__(self, bits: int = 4, signed: bool = False, init_value: float | None = None, **kwargs) -> None:
         super().__init__(bits=bits, signed=signed, **kwargs)

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import STEP_FLOOR, Quantizer, compute_dtype, reduce_to_param, register_quantizer
-from .init import absmax, mse_search
+from .initializers import absmax, mse_search
 from .lsq import lsq_fake_quant
 
 

@@ -3,7 +3,10 @@ weight quantizer (APoT weight normalization, N2UQ entropy-preserving scaling, ..
 
 A transform is an ``nn.Module`` taking the weight tensor [out, in, ...] and returning a
 tensor of the same shape. Register one with ``@register_transform("name")`` in its own
-file of this package; ``make_transform(name, **kwargs)`` builds it by name.
+file of this package; ``make_transform(name, **kwargs)`` builds it by name. What a
+transform needs to know of its layer (e.g. the weight bit width) it names in its class
+attribute ``needs``; ``make_transform(name, context={...})`` passes it those entries of the
+layer context and no others, so callers hand every transform the same context.
 """
 
 from __future__ import annotations
@@ -30,8 +33,13 @@ def available_transforms() -> list[str]:
     return sorted(_TRANSFORMS)
 
 
-def make_transform(name: str, **kwargs: Any) -> nn.Module:
+def make_transform(name: str, context: dict[str, Any] | None = None, **kwargs: Any) -> nn.Module:
+    """Build transform ``name`` with ``kwargs``, plus the entries of the layer ``context``
+    (e.g. ``{"bits": 2}``) that its class lists in ``needs``."""
     if name not in _TRANSFORMS:
         known = ", ".join(available_transforms()) or "none"
         raise ValueError(f"unknown weight transform {name!r}; registered: {known}")
-    return _TRANSFORMS[name](**kwargs)
+    cls = _TRANSFORMS[name]
+    needs = getattr(cls, "needs", ())
+    context = context or {}
+    return cls(**{k: context[k] for k in needs if k in context and k not in kwargs}, **kwargs)

@@ -27,6 +27,9 @@ from .base import register_transform
 class EntropyPreservingScale(nn.Module):
     """W -> 2^(n-1)/(2^n - 1) * W / mean|W|, per output filter (axis 0)."""
 
+    #: the layer context it takes (the weight bit width sets the scale, Eq. in the docstring)
+    needs = ("bits",)
+
     def __init__(self, bits: int, detach: bool = True, eps: float = 1e-12) -> None:
         super().__init__()
         if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
