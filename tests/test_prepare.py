@@ -141,3 +141,45 @@ def test_activation_init_uses_float_model_inputs():
             torch.testing.assert_close(a.act_quantizer.alpha, b.act_quantizer.alpha, msg=n)
     out = q.train()(torch.randn(4, 1, 28, 28))
     assert out.std(0).mean() > 1e-3  # outputs depend on the input
+
+
+class _AttnNet(torch.nn.Module):
+    """nn.MultiheadAttention hands out_proj.weight to a functional; ``side`` is used the same way."""
+
+    def __init__(self):
+        super().__init__()
+        nn_ = torch.nn
+        self.inp, self.fc, self.side = nn_.Linear(8, 16), nn_.Linear(16, 4), nn_.Linear(16, 16)
+        self.attn = nn_.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x):
+        h = self.inp(x)
+        h, _ = self.attn(h, h, h)
+        h = h + torch.nn.functional.linear(h, self.side.weight)
+        return self.fc(h.mean(1))
+
+
+def test_layers_that_never_run_are_refused_by_name():
+    model, calib = _AttnNet(), [torch.randn(4, 5, 8)]
+    with pytest.raises(ValueError, match=r"attn\.out_proj are never called as modules.*skip=\['attn.out_proj'\]"):
+        nuq.prepare(model, nuq.QATConfig())  # known owner: refused even without calibration data
+    with pytest.raises(ValueError, match=r"attn\.out_proj, side are never called"):
+        nuq.prepare(model, nuq.QATConfig(), calib=calib)
+    q = nuq.prepare(model, nuq.QATConfig(skip=("*.out_proj", "side")), calib=calib)
+    # what is quantized now runs: changing a quantizer changes the output
+    y = q.eval()(calib[0])
+    q.inp.act_quantizer.range.mul_(3)  # the first layer (8-bit minmax)
+    assert not torch.equal(q(calib[0]), y)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"skip": "layers.0*"}, r"skip='layers.0\*' \(str\); allowed: a list of strings"),
+    ({"per_channel": "false"}, r"per_channel='false' \(str\); allowed: true/false"),
+    ({"skip": ("nomatch*",)}, r"skip pattern 'nomatch\*' matches no Conv2d/Linear layer"),
+    ({"overrides": {"nolayer": {"w_bits": 3}}}, r"overrides pattern 'nolayer' matches no"),
+    ({"weight_kwargs": {"clipp": "max"}}, r"weight_kwargs has unknown key\(s\) 'clipp' for 'apot'; allowed: k, clip"),
+])
+def test_wrong_policy_values_are_errors(kw, match):
+    model = nuq.create_model("resnet20", num_classes=10, in_channels=1, width=4)
+    with pytest.raises(ValueError, match=match):
+        nuq.prepare(model, nuq.QATConfig(weight="apot", act="apot", w_bits=3, a_bits=3, **kw))

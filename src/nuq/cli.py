@@ -35,9 +35,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"nuq {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as e:
+        # user input, files and diverged runs: one line, exit code 2 (RuntimeError covers
+        # TrainingDiverged, which says which checkpoint is the last good state)
+        if isinstance(e, RuntimeError) and type(e).__name__ != "TrainingDiverged":
+            raise  # a bug, not an input problem: keep the traceback
+        print(f"nuq {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"nuq {args.command}: interrupted; a run resumes from its last checkpoint", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -110,11 +110,18 @@ def prepare(model: nn.Module, config: QATConfig, calib: Iterable | None = None, 
     if not targets:
         raise ValueError("model has no nn.Conv2d or nn.Linear layer to quantize")
     inputs = _record_inputs(model, targets, calib) if calib is not None else {}
+    _check_patterns(config, [n for n, _ in targets])
     first, last = targets[0][0], targets[-1][0]
+    specs = {}
     for name, layer in targets:
         is_ds = isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1) and any(
             fnmatch.fnmatchcase(name, p) for p in config.downsample_patterns)
         spec = config.layer_spec(name, name == first, name == last, is_ds)
+        if spec is not None:
+            specs[name] = spec
+    _check_called(model, specs, inputs if calib is not None else None)
+    for name, layer in targets:
+        spec = specs.get(name)
         if spec is None:
             continue
         if signed_inputs is not None and name in signed_inputs:
@@ -131,6 +138,33 @@ def prepare(model: nn.Module, config: QATConfig, calib: Iterable | None = None, 
         _init_act_quantizers(model, inputs, "mse" if config.a_init == "auto" else config.a_init)
     broadcast_quantizers(model)
     return model
+
+
+def _check_called(model: nn.Module, specs: dict, inputs: dict[str, Tensor] | None) -> None:
+    """Refuse to quantize layers whose module never runs: their weight is read by a
+    functional elsewhere (nn.MultiheadAttention hands ``out_proj.weight`` to
+    ``F.multi_head_attention_forward``; torchvision's Swin passes ``qkv.weight``), so a
+    quantized copy would change nothing while being counted as low-bit. Known owners are
+    checked always; with calibration data, every layer must have been called."""
+    owned = {f"{n}.{c}" if n else c for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
+             for c, _ in m.named_children()}
+    bypassed = [n for n in specs if n in owned or (inputs is not None and n not in inputs)]
+    if bypassed:
+        raise ValueError(
+            f"layer(s) {', '.join(sorted(bypassed))} are never called as modules (their weight is used by a "
+            "functional, e.g. inside nn.MultiheadAttention), so quantizing them would change nothing; leave them "
+            f"float with skip={sorted(set(bypassed))!r} (or a pattern such as '*.out_proj')")
+
+
+def _check_patterns(config: QATConfig, names: list[str]) -> None:
+    """Every ``skip`` and ``overrides`` pattern must name at least one layer: a pattern that
+    matches nothing is a typo, and the run would silently be another model."""
+    for arg, patterns in (("skip", config.skip), ("overrides", tuple(config.overrides))):
+        for p in patterns:
+            if not any(fnmatch.fnmatchcase(n, p) for n in names):
+                shown = ", ".join(names[:6]) + (f", ... ({len(names)} layers)" if len(names) > 6 else "")
+                raise ValueError(f"{arg} pattern {p!r} matches no Conv2d/Linear layer of the model; "
+                                 f"its layers are: {shown}")
 
 
 def signed_inputs(model: nn.Module) -> dict[str, bool]:

@@ -12,7 +12,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config_utils import check_choice
+from .config_utils import check_choice, check_fields
 from .nn.transforms import available_transforms
 from .quantizers import quantizer_class
 
@@ -75,6 +75,7 @@ class QATConfig:
     act_signed: str | bool = "auto"
 
     def __post_init__(self) -> None:
+        check_fields(self)
         for name in ("skip", "downsample_patterns"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         check_choice(self.first_last, FIRST_LAST, "first_last")
@@ -93,6 +94,13 @@ class QATConfig:
                          signed=True)
         self._check_pair(self.weight, self.w_bits, self.w_init, "weight", "w_bits", "w_init", signed=True)
         self._check_pair(self.act, self.a_bits, self.a_init, "act", "a_bits", "a_init", signed=False)
+        for arg, method in (("weight_kwargs", self.weight), ("act_kwargs", self.act)):
+            kwargs = getattr(self, arg)
+            allowed = quantizer_class(method).config_fields if method is not None else ()
+            bad = sorted(set(kwargs) - set(allowed))
+            if bad:
+                raise ValueError(f"{arg} has unknown key(s) {', '.join(map(repr, bad))} for {method!r}; allowed: "
+                                 f"{', '.join(allowed) or 'none (the method takes no options)'}")
         if self.per_channel and self.weight is not None and not quantizer_class(self.weight).supports_per_channel:
             raise ValueError(f"per_channel=True: weight method {self.weight!r} has no per-channel mode")
         if self.weight_transform not in (None, "auto") and self.weight_transform not in available_transforms():

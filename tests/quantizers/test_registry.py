@@ -80,3 +80,53 @@ def test_state_dict_round_trip_is_strict(name):
     bad["unexpected"] = torch.zeros(1)
     with pytest.raises(RuntimeError, match="unexpected"):
         q2.load_state_dict(bad)
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+def test_nan_in_gives_nan_out(name, signed, training):
+    from tests_helpers import role_for
+
+    q = nuq.make_quantizer(name, bits=3, signed=signed, role=role_for(name, signed))
+    q.initialize(SAMPLE if signed else SAMPLE.relu(), method=q.init_methods[0])
+    q.train(training)
+    x = SAMPLE.clone().requires_grad_()
+    bad = SAMPLE.clone()
+    bad[0, 0, 0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    y = q(bad)
+    assert torch.isnan(y[0, 0, 0, 0])
+    if not q.dynamic:  # a range measured on the tensor itself is Inf there: all NaN is honest
+        assert torch.isfinite(y.flatten()[1:]).all()  # Inf is clipped, the rest is untouched
+    q(x).sum().backward()  # and a finite tensor still trains
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_eval_before_initialisation_is_refused(name):
+    from tests_helpers import role_for
+
+    q = nuq.make_quantizer(name, bits=4, role=role_for(name, False)).eval()
+    if q.initialized or q.dynamic:
+        q(SAMPLE)  # nothing to initialise (DoReFa, N2UQ's F_Q) or measured per call
+        return
+    with pytest.raises(ValueError, match="never initialised.*calib=.*nuq.calibrate"):
+        q(SAMPLE)
+
+
+def test_integer_tensor_is_refused():
+    q = make("lsq", 4, False)
+    with pytest.raises(ValueError, match="floating-point tensors, got torch.int64"):
+        q(torch.arange(10))
+
+
+def test_inf_does_not_enter_the_running_minmax_range():
+    q = nuq.make_quantizer("minmax", bits=8, role="activation")
+    q(SAMPLE.relu())
+    before = q.range.clone()
+    bad = SAMPLE.relu().clone()
+    bad[0, 0, 0, 0] = float("inf")
+    q(bad)
+    assert torch.equal(q.range, before)
+    q.eval()
+    assert torch.isfinite(q(SAMPLE.relu())).all()

@@ -82,10 +82,11 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
 
 
 @needs_data
-def test_nan_loss_stops_and_keeps_checkpoint(tmp_path):
+def test_nan_loss_stops_and_says_no_checkpoint_exists(tmp_path):
     raw = mlp_cfg(tmp_path / "n", epochs=2, optim={"lr": 1e30, "weight_decay": 0.0, "warmup_epochs": 0.0})
-    with pytest.raises(TrainingDiverged, match="last good state"):
+    with pytest.raises(TrainingDiverged, match="no checkpoint was written before"):
         train(config_from_dict(raw))
+    assert not (tmp_path / "n" / "checkpoint.pt").exists()
 
 
 @needs_data

@@ -184,7 +184,13 @@ def write_results(grid: GridConfig, rows: list[dict[str, Any]]) -> None:
 
 
 def load_grid(path: str | Path, overrides: list[str] | None = None) -> GridConfig:
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"grid config {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{p} is not valid YAML: {' '.join(str(e).split())}") from None
     return from_dict(GridConfig, apply_overrides(data, list(overrides or [])), "grid")
 
 

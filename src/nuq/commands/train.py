@@ -10,7 +10,7 @@ HELP = "train a float model or run QAT from a YAML config"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", help="YAML config (see configs/)")
+    p.add_argument("--config", "-c", required=True, help="YAML config (see configs/; `nuq demo` runs without one)")
     p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--data-dir", help="dataset directory (data.data_dir)")
     p.add_argument("--init-from", help="run directory to start from: float run, or higher-bit run (progressive)")

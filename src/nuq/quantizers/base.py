@@ -84,6 +84,15 @@ def make_quantizer(name: str, bits: int = 4, signed: bool = False, **kwargs: Any
     return quantizer_class(name)(bits=bits, signed=signed, **kwargs)
 
 
+def keep_nan(x: Tensor, y: Tensor) -> Tensor:
+    """``y`` with NaN wherever ``x`` is NaN. A level search or a clamp maps NaN to some
+    finite level, which would hide a diverged layer from every check downstream; the
+    gradient at those elements passes straight through. (+-Inf stay the clipped levels.)"""
+    if not x.is_floating_point():
+        raise ValueError(f"quantizers take floating-point tensors, got {x.dtype}; convert with .float()")
+    return torch.where(torch.isnan(x), x.to(y.dtype), y)
+
+
 def compute_dtype(x: Tensor) -> torch.dtype:
     """Quantizer arithmetic runs in at least float32 (fp16/bf16 inputs are upcast)."""
     return torch.promote_types(x.dtype, torch.float32)
@@ -229,11 +238,18 @@ class Quantizer(nn.Module):
 
     # --- the interface --------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
-        if not self._init_done and self.training:
-            # LSQ-style lazy initialisation from the first batch, for users who skip
-            # calibration; prepare(calib=...) initialises explicitly instead.
-            self.initialize(x.detach(), method=self.init_methods[0])
-        return self.quantize(x)
+        if not self._init_done:
+            if self.training:
+                # LSQ-style lazy initialisation from the first batch, for users who skip
+                # calibration; prepare(calib=...) initialises explicitly instead.
+                self.initialize(x.detach(), method=self.init_methods[0])
+            elif not self.dynamic:
+                raise ValueError(
+                    f"a {self.method!r} quantizer ({'signed' if self.signed else 'unsigned'} {self.bits}-bit "
+                    f"{self.role}) is used in eval mode but was never initialised, so its levels are "
+                    "placeholders: pass calib=<batches> to nuq.prepare, call nuq.calibrate(model, batches), "
+                    "or run at least one training step first")
+        return keep_nan(x, self.quantize(x))
 
     def quantize(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

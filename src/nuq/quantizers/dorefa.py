@@ -71,6 +71,7 @@ class DoReFaQuantizer(Quantizer):
         super().__init__(bits=bits, signed=signed, **kwargs)
         # no parameters: this empty buffer carries the module's device and float dtype for levels()
         self.register_buffer("_ref", torch.zeros(()), persistent=False)
+        self.mark_initialized()  # nothing is learned or measured
 
     @property
     def n(self) -> int:

@@ -107,7 +107,10 @@ class MinMaxQuantizer(Quantizer):
         if self.observer == "dynamic":
             self.range.copy_(absmax(x.detach().float(), self.per_channel))
         elif self.training:
-            self.range.lerp_(absmax(x.detach().float(), self.per_channel), self.momentum)
+            # a batch maximum that is Inf/NaN must not enter the running range (it would
+            # stay NaN for good): such a batch leaves the range as it was, without a host sync
+            m = absmax(x.detach().float(), self.per_channel)
+            self.range.lerp_(torch.where(torch.isfinite(m), m, self.range), self.momentum)
 
     def _current_step(self, x: Tensor) -> Tensor:
         """The step for ``x``, broadcast against it; a dynamic observer measures it on x."""

@@ -280,7 +280,8 @@ class RCFQuantizer(Quantizer):
         if self._kind == "linear":
             # z = 1 + (1 - x/a) * K ; floor(z) is the cell, cells are (a, b] in x/a
             z = torch.addcmul(torch.full_like(a, 1.0 + self._k), x, -self._k / a)
-            return z.clamp_(0.0, self._zmax).to(torch.int32)
+            # NaN would cast to an out-of-range cell; it is put back by keep_nan afterwards
+            return z.clamp_(0.0, self._zmax).nan_to_num_(0.0).to(torch.int32)
         v = x / a
         if self._kind == "bits":
             ebits, mbits = _FLOAT_BITS[v.dtype]

@@ -162,6 +162,25 @@ def same_config(saved: dict[str, Any], cfg: RunConfig) -> bool:
         return False
 
 
+def config_diff(saved: dict[str, Any], cfg: RunConfig) -> list[str]:
+    """Dotted keys (``optim.lr=0.1 -> 0.05``) where a saved config and ``cfg`` differ."""
+    try:
+        old = config_from_dict(saved).identity()
+    except ValueError as e:
+        return [f"the saved config does not parse here ({e})"]
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, key: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in dict.fromkeys([*a, *b]):
+                walk(a.get(k), b.get(k), f"{key}.{k}" if key else k)
+        elif a != b:
+            out.append(f"{key}={a!r} -> {b!r}")
+
+    walk(old, cfg.identity(), "")
+    return out
+
+
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
     return from_dict(RunConfig, data, "config")
 
@@ -173,7 +192,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"config file {p} does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{p} is not valid YAML: {' '.join(str(e).split())}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{p}: the top level of a config must be a mapping")
     return config_from_dict(apply_overrides(data, list(overrides or [])))

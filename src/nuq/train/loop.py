@@ -27,9 +27,10 @@ from ..data import load_dataset, make_loader
 from ..nn.walk import quantizer_parameters
 from ..prepare import signed_inputs
 from ..runs.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-from ..runs.config import RunConfig, same_config, save_config
+from ..runs.config import RunConfig, config_diff, same_config, save_config
 from ..runs.files import write_json
 from ..runs.load import qat_summary, rebuild
+from ..runs.rundir import run_directory
 from . import distributed as ddp
 from . import execution as ex
 from .build import build_model
@@ -171,15 +172,21 @@ class Trainer:
         return step
 
     def run(self) -> dict[str, Any]:
+        if not self.dist.is_main:
+            return self._run()
+        with run_directory(self.out):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.cfg
         main = self.dist.is_main
-        if main:
-            self.out.mkdir(parents=True, exist_ok=True)
         ckpt_path = self.out / CHECKPOINT
         resume = cfg.resume and ckpt_path.is_file()
         ckpt = load_checkpoint(ckpt_path) if resume else None
         if ckpt is not None and not same_config(ckpt["config"], cfg):
-            raise ValueError(f"{self.out} holds a run of a different config; use another out_dir or resume: false")
+            diff = ", ".join(config_diff(ckpt["config"], cfg)[:6])
+            raise ValueError(f"{self.out} holds a run of a different config (differs in: {diff}); use another "
+                             "out_dir, or resume: false to start over")
         if ckpt is not None:
             self.model = rebuild(ckpt, self.num_classes, self.in_channels)[0].to(self.device)
         else:
@@ -308,9 +315,10 @@ class Trainer:
         bad += nonfinite_state(self.bare)
         if bad:
             names = ", ".join(bad[:6]) + (f" (+{len(bad) - 6} more)" if len(bad) > 6 else "")
-            raise TrainingDiverged(
-                f"NaN or Inf by epoch {epoch + 1}, step {step} in {names}; the last good state is "
-                f"{self.out / CHECKPOINT} (lower optim.lr or q_lr_mult, or check the quantizer init)")
+            ckpt = self.out / CHECKPOINT
+            last = f"the last good state is {ckpt}" if ckpt.is_file() else "no checkpoint was written before"
+            raise TrainingDiverged(f"NaN or Inf by epoch {epoch + 1}, step {step} in {names}; {last} "
+                                   "(lower optim.lr or q_lr_mult, or check the quantizer init)")
 
     def _log(self, row: dict[str, Any]) -> None:
         path = self.out / "log.csv"
