@@ -140,6 +140,22 @@ def check_fields(obj: Any, where: str = "") -> None:
         check_hint(getattr(obj, f.name), hints[f.name], f"{where}{f.name}")
 
 
+def read_yaml(path: Any, what: str = "config") -> dict[str, Any]:
+    """The mapping of a YAML file; FileNotFoundError / ValueError naming the file."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{p} is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: the top level of a {what} must be a mapping")
+    return data
+
+
 def to_dict(obj: Any) -> Any:
     """Plain-python (YAML-safe) view of a dataclass tree."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

@@ -30,9 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config_utils import apply_overrides, from_dict
+from ..config_utils import apply_overrides, from_dict, read_yaml
 from ..runs.config import RunConfig, config_from_dict
 
 NAME = "compare"
@@ -184,13 +182,7 @@ def write_results(grid: GridConfig, rows: list[dict[str, Any]]) -> None:
 
 
 def load_grid(path: str | Path, overrides: list[str] | None = None) -> GridConfig:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"grid config {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"{p} is not valid YAML: {' '.join(str(e).split())}") from None
+    data = read_yaml(path, "grid config")
     return from_dict(GridConfig, apply_overrides(data, list(overrides or [])), "grid")
 
 

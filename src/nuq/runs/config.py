@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from ..config_utils import apply_overrides, check_choice, check_type, from_dict, to_dict
+from ..config_utils import apply_overrides, check_choice, check_type, from_dict, read_yaml, to_dict
 from ..qconfig import QATConfig
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -187,17 +187,7 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read YAML ``path`` (None = defaults), apply ``overrides``, validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{p} is not valid YAML: {' '.join(str(e).split())}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{p}: the top level of a config must be a mapping")
+    data = read_yaml(path) if path is not None else {}
     return config_from_dict(apply_overrides(data, list(overrides or [])))
 
 
