@@ -47,3 +47,14 @@ def test_grid_runs_and_resumes(tmp_path):
     mtime = (tmp_path / "lsq_w2a2_s1" / "checkpoint.pt").stat().st_mtime
     assert run_grid(grid) == rows  # finished cells are read, not retrained
     assert (tmp_path / "lsq_w2a2_s1" / "checkpoint.pt").stat().st_mtime == mtime
+    # the grid changed: its finished cells are not reported as the new ones
+    import dataclasses
+
+    longer = dataclasses.replace(grid, base={**base, "optim": {"lr": 0.02}})
+    with pytest.raises(ValueError, match=r"3 grid cell\(s\) hold results of a different config: float "
+                                          r"\(optim.lr=0.05 -> 0.02\)"):
+        run_grid(longer)
+    # cells whose metrics (and config) alone were kept, e.g. committed without checkpoints, still count
+    for run in ("float", "lsq_w2a2_s0", "lsq_w2a2_s1"):
+        (tmp_path / run / "checkpoint.pt").unlink()
+    assert run_grid(grid) == rows

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config_utils import apply_overrides, from_dict, read_yaml
-from ..runs.config import RunConfig, config_from_dict
+from ..runs.config import RunConfig, config_diff, config_from_dict, same_config
 
 NAME = "compare"
 HELP = "grid of methods x bits x seeds from one float run; results table"
@@ -88,8 +88,28 @@ def cell_configs(grid: GridConfig) -> list[tuple[str, int, int, RunConfig]]:
 
 
 def _done(cfg: RunConfig) -> dict[str, Any] | None:
+    """The final metrics of a finished cell, or None. A cell counts as finished only if the
+    config its metrics.json records is this cell's config (execution settings aside)."""
     p = Path(cfg.out_dir) / "metrics.json"
-    return json.loads(p.read_text())["final"] if p.is_file() else None
+    if not p.is_file():
+        return None
+    saved = json.loads(p.read_text())
+    return saved["final"] if same_config(saved.get("config") or {}, cfg) else None
+
+
+def _check_stale(cfgs: list[RunConfig]) -> None:
+    """Stop before training if a cell's directory holds a finished run of another config
+    (the grid changed since): reusing it would report the old numbers as the new cell's."""
+    stale = []
+    for cfg in cfgs:
+        p = Path(cfg.out_dir) / "metrics.json"
+        if p.is_file() and _done(cfg) is None:
+            diff = config_diff(json.loads(p.read_text()).get("config") or {}, cfg)
+            stale.append(f"{Path(cfg.out_dir).name} ({', '.join(diff[:3])})")
+    if stale:
+        raise ValueError(f"{len(stale)} grid cell(s) hold results of a different config: {'; '.join(stale[:5])}"
+                         f"{' ...' if len(stale) > 5 else ''}; delete those run directories to retrain them, "
+                         "or give the grid another out_dir")
 
 
 def run_grid(grid: GridConfig) -> list[dict[str, Any]]:
@@ -97,6 +117,7 @@ def run_grid(grid: GridConfig) -> list[dict[str, Any]]:
 
     fcfg = float_config(grid)
     cells = cell_configs(grid)  # fail on a bad cell before training anything
+    _check_stale([fcfg] + [c for *_, c in cells])
     ffinal = _done(fcfg) or train(fcfg)
     rows = [{"method": "float", "bits": 32, "seed": fcfg.seed, "top1": ffinal["test_top1"],
              "top5": ffinal["test_top5"]}]
@@ -124,6 +145,8 @@ def make_plots(grid: GridConfig, cells: list[tuple[str, int, int, RunConfig]], r
     shown = [(m, c) for m, b, s, c in cells if b == low and s == seed]
     plots.training_curves({"float": str(out / "float"), **{f"{m} W{low}A{low}": c.out_dir for m, c in shown}},
                           out / "training_curves.png")
+    # cells kept as metrics alone (committed without their checkpoints) have no model to draw
+    shown = [(m, c) for m, c in shown if (Path(c.out_dir) / "checkpoint.pt").is_file()]
     if not shown:
         return
     d = shown[0][1].data
