@@ -112,3 +112,25 @@ def test_unknown_config_keys_are_errors():
 def test_set_overrides_parse_yaml_values():
     cfg = load_config(None, ["optim.lr=0.5", "qat.w_bits=3", "data.train_subset=null"])
     assert cfg.optim.lr == 0.5 and cfg.qat.w_bits == 3 and cfg.data.train_subset is None
+
+
+@needs_data
+def test_qat_starts_from_a_plain_state_dict(tmp_path):
+    from nuq import create_model
+
+    torch.manual_seed(1)
+    float_model = create_model("mlp", num_classes=10, in_channels=1, hidden=32)
+    torch.save(float_model.state_dict(), tmp_path / "plain.pt")
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in float_model.state_dict().items()}},
+               tmp_path / "script.pt")
+    for src in ("plain.pt", "script.pt"):
+        raw = mlp_cfg(tmp_path / f"q_{src}", epochs=1, init_from=str(tmp_path / src), qat={"w_bits": 4, "a_bits": 4})
+        raw["model"]["kwargs"] = {"hidden": 32}
+        raw["optim"] = {"lr": 1e-9, "q_lr_mult": 1e-9}  # keep the weights where they started
+        train(config_from_dict(raw))
+        got = load_checkpoint(tmp_path / f"q_{src}")["model"]
+        torch.testing.assert_close(got["1.weight"], float_model.state_dict()["1.weight"], rtol=0, atol=1e-6)
+    torch.save(float_model, tmp_path / "module.pt")
+    raw = mlp_cfg(tmp_path / "q_mod", epochs=1, init_from=str(tmp_path / "module.pt"))
+    with pytest.raises(ValueError, match=r"pickled Python objects .*model.state_dict\(\)"):
+        train(config_from_dict(raw))

@@ -38,7 +38,10 @@ def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     try:
         return torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # torn or foreign file: say which
-        raise ValueError(f"cannot read checkpoint {p}: {e}") from e
+        if "weights only load failed" in str(e).lower():
+            raise ValueError(f"{p} holds pickled Python objects (e.g. a whole nn.Module), which nuq does not "
+                             "unpickle (weights_only=True); save torch.save(model.state_dict(), path) instead") from None
+        raise ValueError(f"cannot read checkpoint {p}: {' '.join(str(e).split())[:300]}") from e
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -50,6 +53,31 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"{p} is not a nuq run checkpoint (it lacks {', '.join(missing)}); a plain state_dict "
                          "or saved model can start a run through init_from, not be loaded as a run")
     return ckpt
+
+
+def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """Weights to start a run from: ``(state_dict, run checkpoint or None)``.
+
+    Accepts a run directory or run checkpoint, a plain ``state_dict`` saved with
+    ``torch.save(model.state_dict(), f)``, or a dict holding one under ``"state_dict"`` or
+    ``"model"`` (the usual training-script checkpoints); ``module.`` prefixes of
+    DataParallel/DDP models are removed."""
+    p = resolve_checkpoint(path)
+    obj = load_file(p)
+    if isinstance(obj, dict) and all(k in obj for k in RUN_KEYS):
+        return obj["model"], obj
+    state = obj
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(key), dict):
+                state = obj[key]
+                break
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{p} holds neither a nuq run checkpoint nor a state_dict (a dict of tensors, or one under "
+                         "'state_dict'/'model'); save weights with torch.save(model.state_dict(), path)")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state, None
 
 
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..nn.walk import named_quantizers
 from ..prepare import prepare, signed_inputs
-from ..runs.checkpoint import load_checkpoint, load_strict
+from ..runs.checkpoint import load_strict, load_weights
 from ..runs.config import RunConfig
 from ..runs.load import architecture, is_quantizer_key, rebuild
 
@@ -22,10 +22,10 @@ def build_model(cfg: RunConfig, num_classes: int, in_channels: int, calib: Itera
     model = architecture(cfg, num_classes, in_channels).to(device)
     source: nn.Module | None = None
     if cfg.init_from:
-        ckpt = load_checkpoint(cfg.init_from)
-        float_state = {k: v for k, v in ckpt["model"].items() if not is_quantizer_key(k)}
+        state, ckpt = load_weights(cfg.init_from)
+        float_state = {k: v for k, v in state.items() if not is_quantizer_key(k)}
         load_strict(model, float_state, f"init_from={cfg.init_from}")
-        if ckpt["config"].get("qat") is not None and cfg.qat is not None:
+        if ckpt is not None and ckpt["config"].get("qat") is not None and cfg.qat is not None:
             source, _ = rebuild(ckpt, num_classes, in_channels)
     if cfg.qat is None:
         return model
