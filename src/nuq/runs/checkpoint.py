@@ -40,7 +40,8 @@ def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     except Exception as e:  # torn or foreign file: say which
         if "weights only load failed" in str(e).lower():
             raise ValueError(f"{p} holds pickled Python objects (e.g. a whole nn.Module), which nuq does not "
-                             "unpickle (weights_only=True); save torch.save(model.state_dict(), path) instead") from None
+                             "unpickle (weights_only=True); save torch.save(model.state_dict(), path) "
+                             "instead") from None
         raise ValueError(f"cannot read checkpoint {p}: {' '.join(str(e).split())[:300]}") from e
 
 
