@@ -26,3 +26,13 @@ def test_all_plots_write_png(tmp_path):
     assert plots.quantizer_panels(q, calib, tmp_path / "q.png").read_bytes()[:4] == PNG
     ent = {"lsq": layer_entropies(q, calib)}
     assert plots.entropy_by_layer(ent, tmp_path / "e.png").read_bytes()[:4] == PNG
+
+
+def test_histogram_sample_covers_the_whole_tensor():
+    from nuq.analysis.plots import uniform_sample
+
+    x = torch.zeros(4, 64, 28, 28)
+    x[:, 32:] = 1.0  # half the channels are non-zero; the first 20000 elements are all zero
+    s = uniform_sample(x)
+    assert s.numel() == 20000 and 0.45 < float(s.mean()) < 0.55
+    assert torch.equal(uniform_sample(x), s)  # fixed generator

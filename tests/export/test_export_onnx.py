@@ -184,6 +184,8 @@ def test_verify_and_errors(tmp_path):
     q = nuq.prepare(mlp(), config("lsq", "lsq"), calib=[torch.randn(16, 1, 28, 28)])
     info = to_onnx(q, torch.randn(3, 1, 28, 28), tmp_path / "m.onnx", verify=True)
     assert info["max_abs_diff"] <= 1e-4 and info["bytes"] == (tmp_path / "m.onnx").stat().st_size
+    # verified on the example and four batches made from it, the worst one reported
+    assert len(info["verify_diffs"]) == 5 and info["max_abs_diff"] == max(info["verify_diffs"])
     with pytest.raises(ValueError, match="no quantized layers"):
         to_onnx(mlp(), torch.randn(1, 1, 28, 28), tmp_path / "f.onnx")
     with pytest.raises(ValueError, match="example_input"):
@@ -199,3 +201,14 @@ def test_dynamic_observer_activation_is_exported_per_batch(tmp_path):
         x = torch.randn(8, 1, 28, 28) * scale
         with torch.no_grad():
             check_close(run_ort(tmp_path / "m.onnx", x), q(x))
+
+
+def test_verification_batches_are_fresh_and_alike():
+    from nuq.export.onnx_export import verification_batches
+
+    x = torch.rand(6, 1, 8, 8) * 3 + 1
+    bs = verification_batches(x)
+    assert torch.equal(bs[0], x) and all(b.shape == x.shape for b in bs)
+    assert torch.equal(bs[1].reshape(-1).sort().values, x.reshape(-1).sort().values) and not torch.equal(bs[1], x)
+    assert torch.equal(bs[2], x * 0.5) and torch.equal(bs[3], x * 2)
+    assert abs(float(bs[4].mean() - x.mean())) < 0.3

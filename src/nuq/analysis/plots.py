@@ -75,10 +75,24 @@ def training_curves(runs: Mapping[str, str | Path], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+#: elements of each layer input drawn per batch for the histograms
+SAMPLE = 20000
+
+
+def uniform_sample(x: Tensor, n: int = SAMPLE, seed: int = 0) -> Tensor:
+    """``n`` elements drawn uniformly over the whole tensor (all images, channels and
+    positions; a fixed generator), not its first ``n``: those are a few channels of one image."""
+    flat = x.reshape(-1)
+    if flat.numel() <= n:
+        return flat.cpu()
+    g = torch.Generator().manual_seed(seed)
+    return flat[torch.randint(flat.numel(), (n,), generator=g).to(flat.device)].cpu()
+
+
 def _layer_inputs(model: nn.Module, batches: Iterable[Tensor], max_batches: int) -> dict[str, Tensor]:
     seen: dict[str, list[Tensor]] = {}
     visit_layer_inputs(model, batches, max_batches,
-                       lambda name, _layer, x: seen.setdefault(name, []).append(x.reshape(-1)[:20000].cpu()))
+                       lambda name, _layer, x: seen.setdefault(name, []).append(uniform_sample(x)))
     return {n: torch.cat(v) for n, v in seen.items()}
 
 

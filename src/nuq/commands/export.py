@@ -57,5 +57,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{r['path']}: {args.format} {r['bytes']} bytes vs float32 {r['float32_bytes']} bytes "
           f"({r['ratio']:.2f}x smaller)")
     if "max_abs_diff" in r:
-        print(f"ONNX Runtime vs PyTorch on the example batch: max abs difference {r['max_abs_diff']:.3g}")
+        print(f"ONNX Runtime vs PyTorch on {len(r['verify_diffs'])} batches (test images and variations): "
+              f"worst max abs difference {r['max_abs_diff']:.3g}")
     return 0
