@@ -193,7 +193,7 @@ def test_corrupted_data(packed_file):
 
 def test_newer_format_version(packed_file):
     header, arrays = read_container(packed_file)
-    for k in ("arrays", "data_bytes", "crc32"):
+    for k in ("arrays", "data_bytes", "crc32", "header_crc32"):
         header.pop(k)
     header["format_version"] = FORMAT_VERSION + 1
     write_container(packed_file, header, arrays)
@@ -251,3 +251,22 @@ def test_meta_must_be_json(tmp_path):
     q = nuq.prepare(resnet(), config("lsq", "lsq"), calib=calib())
     with pytest.raises(ValueError, match="JSON"):
         save_packed(q, tmp_path / "m.nuqpack", meta={"x": object()})
+
+
+def test_flipped_header_bit_is_an_error(packed_file):
+    raw = bytearray(packed_file.read_bytes())
+    i = raw.index(b'"bits":2')  # one bit: activation bits 2 -> 3
+    raw[i + 7] ^= 0x01
+    packed_file.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="CRC32 of the header does not match"):
+        load_packed(packed_file)
+
+
+def test_huge_claimed_shape_is_a_clear_error(packed_file):
+    header, arrays = read_container(packed_file)
+    for k in ("arrays", "data_bytes", "crc32", "header_crc32"):
+        header.pop(k)
+    header["layers"][1]["weight_shape"] = [2**40, 2**40, 3, 3]
+    write_container(packed_file, header, arrays)
+    with pytest.raises(ValueError, match="weight_shape"):
+        load_packed(packed_file)

@@ -10,8 +10,10 @@ Layout (all integers little-endian)::
 
 The header names every array: ``"arrays": {name: [dtype, shape, offset]}`` (``offset`` in
 bytes from the data start, ``dtype`` a torch dtype name such as ``"float32"``),
-plus ``"data_bytes"`` (length of the data section) and ``"crc32"`` of the data section, so a
-truncated or corrupted file is an error rather than silently wrong weights. There is no
+plus ``"data_bytes"`` (length of the data section), ``"crc32"`` of the data section and
+``"header_crc32"`` of the header itself (its JSON, written without the two CRC entries), so
+a truncated or corrupted file -- weights or header -- is an error rather than a silently
+different model. There is no
 pickle anywhere: the file is readable with ``json`` and ``numpy.frombuffer`` alone.
 
 Bit packing: code ``i`` of a tensor packed at ``w`` bits occupies bits ``[i*w, (i+1)*w)`` of a
@@ -22,6 +24,7 @@ codes c0..c3 make the byte ``c0 | c1 << 2 | c2 << 4 | c3 << 6``.
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,16 @@ DTYPES: dict[str, torch.dtype] = {
     "bool": torch.bool,
 }
 _NAMES = {v: k for k, v in DTYPES.items()}
+
+
+def _dump(header: dict[str, Any]) -> bytes:
+    return json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _header_crc(header: dict[str, Any]) -> int:
+    """CRC32 of the header's JSON without its CRC entries (re-serialised: the writer's own
+    compact, order-preserving form, which ``json`` round-trips exactly)."""
+    return zlib.crc32(_dump({k: v for k, v in header.items() if k not in ("crc32", "header_crc32")}))
 
 
 def _pad(n: int) -> int:
@@ -68,8 +81,9 @@ def write_container(path: str | Path, header: dict[str, Any], arrays: dict[str, 
         blobs += [raw, b"\x00" * _pad(len(raw))]
         offset += len(raw) + _pad(len(raw))
     data = b"".join(blobs)
-    full = dict(header, arrays=table, data_bytes=len(data), crc32=zlib.crc32(data))
-    head = json.dumps(full, separators=(",", ":"), allow_nan=False).encode()
+    full = dict(header, arrays=table, data_bytes=len(data))
+    full.update(crc32=zlib.crc32(data), header_crc32=_header_crc(full))
+    head = _dump(full)
     prefix = MAGIC + len(head).to_bytes(8, "little") + head
     prefix += b"\x00" * _pad(len(prefix))
 
@@ -98,6 +112,8 @@ def read_container(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Te
         raise ValueError(f"{p}: the JSON header cannot be parsed ({e})") from e
     if not isinstance(header, dict) or not isinstance(header.get("arrays"), dict):
         raise ValueError(f"{p}: the header is not a nuq packed header")
+    if "header_crc32" in header and header["header_crc32"] != _header_crc(header):
+        raise ValueError(f"{p} is corrupted: CRC32 of the header does not match (a changed or damaged header)")
     start = _PREFIX + n + _pad(_PREFIX + n)
     data = raw[start:]
     want = header.get("data_bytes")
@@ -112,7 +128,7 @@ def read_container(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Te
             dtype, shape, off = DTYPES[spec[0]], [int(s) for s in spec[1]], int(spec[2])
         except (KeyError, IndexError, TypeError, ValueError) as e:
             raise ValueError(f"{p}: bad entry for array {name!r} in the header ({e!r})") from e
-        nbytes = int(np.prod(shape)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize  # Python ints: a huge claimed shape cannot wrap around
         if off < 0 or off + nbytes > len(data) or min(shape, default=0) < 0:
             raise ValueError(f"{p}: array {name!r} lies outside the data section")
         if nbytes == 0:

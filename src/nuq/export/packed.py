@@ -51,7 +51,8 @@ from .tables import check_layer, decoded_weight
 from .weight_table import WeightTable
 
 FORMAT = "nuq-packed"
-FORMAT_VERSION = 1
+#: 2: the header carries its own CRC (``header_crc32``); version 1 files are still read
+FORMAT_VERSION = 2
 _CONV_ATTRS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
                "padding_mode")
 _LINEAR_ATTRS = ("in_features", "out_features")
@@ -221,6 +222,8 @@ def _read(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     v = header.get("format_version")
     if not isinstance(v, int) or v < 1:
         raise ValueError(f"{path}: bad format_version {v!r}")
+    if v >= 2 and "header_crc32" not in header:
+        raise ValueError(f"{path} is corrupted: a format version {v} header without its header_crc32")
     if v > FORMAT_VERSION:
         raise ValueError(f"{path} was written in format version {v} by nuq {header.get('nuq_version')}; this nuq "
                          f"({__version__}) reads format version <= {FORMAT_VERSION}: upgrade nuq")
@@ -264,9 +267,12 @@ def load_packed(path: str | Path, model: nn.Module | None = None) -> nn.Module:
             except AttributeError as e:
                 raise ValueError(f"the model has no layer {name!r} of the packed file (another architecture?)") from e
             want = {k: rec[k] for k in ("kind", "bias", *(_CONV_ATTRS if rec["kind"] == "conv2d" else _LINEAR_ATTRS))}
-            if not isinstance(old, (nn.Conv2d, nn.Linear)) or _geometry(old) != want:
-                got = _geometry(old) if isinstance(old, (nn.Conv2d, nn.Linear)) else type(old).__name__
-                raise ValueError(f"layer {name!r}: the model has {got}, the packed file {want}")
+            if not isinstance(old, (nn.Conv2d, nn.Linear)) or _geometry(old) != want \
+                    or list(old.weight.shape) != rec["weight_shape"]:
+                got = ({**_geometry(old), "weight_shape": list(old.weight.shape)}
+                       if isinstance(old, (nn.Conv2d, nn.Linear)) else type(old).__name__)
+                raise ValueError(f"layer {name!r}: the model has {got}, the packed file "
+                                 f"{ {**want, 'weight_shape': rec['weight_shape']} }")
             act = None
             if rec["act"] is not None:
                 prefix = f"{name}.act_quantizer."
