@@ -69,3 +69,16 @@ def test_crop_flip_is_a_shifted_copy():
         assert torch.equal(y[i], x[i]) or torch.equal(y[i], x[i].flip(2))
     y = random_crop_flip(x, pad=2, flip=False, gen=g)
     assert y.shape == x.shape
+
+
+def test_truncated_gz_and_bad_labels_are_clear_errors(tmp_path):
+    make_fake(tmp_path, gz=True)
+    p = tmp_path / "train-images-idx3-ubyte.gz"
+    p.write_bytes(p.read_bytes()[:-40])
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz cannot be read .*truncated or damaged"):
+        fashion_mnist(str(tmp_path))
+    (tmp_path / "b").mkdir()
+    make_fake(tmp_path / "b", gz=False)
+    write_idx(tmp_path / "b" / "t10k-labels-idx1-ubyte", np.full(20, 12, dtype=np.uint8), gz=False)
+    with pytest.raises(ValueError, match=r"labels must lie in 0..9 .*found 12..12"):
+        fashion_mnist(str(tmp_path / "b"), train=False)

@@ -100,3 +100,17 @@ def test_training_on_image_folders(tmp_path):
         assert q["test_top1"] >= 75
     finally:
         _DATASETS.pop("tiny_folders")
+
+
+def test_truncated_jpeg_and_empty_class_are_named(tmp_path):
+    root = make_tree(tmp_path / "t")
+    bad = root / "val" / "n01_red" / "img0.jpeg"
+    bad.write_bytes(bad.read_bytes()[:200])
+    ds = image_folder(str(root), train=False)
+    with pytest.raises(ValueError, match=r"cannot decode image .*n01_red/img0.jpeg"):
+        for i in range(len(ds)):
+            ds.load(i)
+    (root / "train" / "n03_none").mkdir()
+    (root / "val" / "n03_none").mkdir()
+    with pytest.raises(ValueError, match=r"class folder\(s\) n03_none hold no images"):
+        image_folder(str(root), train=True)

@@ -28,8 +28,11 @@ _INSTALL_HINT = ("install it with `apt-get install dataset-fashion-mnist` (Debia
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped) into a numpy array."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, OSError, gzip.BadGzipFile) as e:  # a truncated or damaged .gz
+        raise ValueError(f"{path} cannot be read ({e}); the file is truncated or damaged, reinstall it") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path} is not an IDX file (bad magic number)")
     dtype_code, ndim = data[2], data[3]
@@ -72,6 +75,9 @@ def load_split(d: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = read_idx(img_f), read_idx(lab_f)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise ValueError(f"{d}: {prefix} images {images.shape} and labels {labels.shape} do not match")
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) > 9):
+        raise ValueError(f"{lab_f}: labels must lie in 0..9 (Fashion-MNIST has 10 classes), found "
+                         f"{int(labels.min())}..{int(labels.max())}")
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 

@@ -69,12 +69,15 @@ class FolderDataset:
         """Image ``i`` as uint8 [3, S, S]: training transform with ``gen``, else evaluation."""
         from PIL import Image
 
-        with Image.open(self.files[i]) as im:
-            im = im.convert("RGB")
-            if gen is None:
-                im = _center_crop(im, self.resize, self.image_size)
-            else:
-                im = _random_resized_crop(im, self.image_size, gen)
+        try:
+            with Image.open(self.files[i]) as im:
+                im = im.convert("RGB")
+                if gen is None:
+                    im = _center_crop(im, self.resize, self.image_size)
+                else:
+                    im = _random_resized_crop(im, self.image_size, gen)
+        except (OSError, SyntaxError, ValueError) as e:  # PIL: truncated or not an image
+            raise ValueError(f"cannot decode image {self.files[i]}: {e}") from None
         x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(im.height, im.width, 3)
         x = x.permute(2, 0, 1).contiguous()
         if gen is not None and flip and torch.rand((), generator=gen) < 0.5:
@@ -124,12 +127,15 @@ def scan_folders(root: Path) -> tuple[list[str], list[int], list[str]]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise ValueError(f"image folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
-    files, labels = [], []
+    files, labels, empty = [], [], []
     for label, c in enumerate(classes):
-        for p in sorted((root / c).rglob("*")):
-            if p.suffix.lower() in EXTENSIONS and p.is_file():
-                files.append(str(p))
-                labels.append(label)
+        found = [p for p in sorted((root / c).rglob("*")) if p.suffix.lower() in EXTENSIONS and p.is_file()]
+        empty += [] if found else [c]
+        files += [str(p) for p in found]
+        labels += [label] * len(found)
+    if empty and files:
+        raise ValueError(f"image folder {root}: class folder(s) {', '.join(empty[:5])} hold no images; a class "
+                         "with no examples would still count as a class (remove the folder or add its images)")
     if not files:
         raise ValueError(f"image folder {root} holds no images with an extension in {', '.join(EXTENSIONS)}")
     return files, labels, classes
