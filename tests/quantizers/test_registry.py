@@ -130,3 +130,18 @@ def test_inf_does_not_enter_the_running_minmax_range():
     assert torch.equal(q.range, before)
     q.eval()
     assert torch.isfinite(q(SAMPLE.relu())).all()
+
+
+def test_per_channel_tensor_of_another_channel_count_is_refused():
+    q = nuq.make_quantizer("lsq", bits=4, signed=True, role="weight", per_channel=True, channels=8)
+    q.initialize(torch.randn(8, 3, 3, 3))
+    with pytest.raises(ValueError, match=r"of 8 channels got a tensor of shape \(5, 3, 3, 3\)"):
+        q(torch.randn(5, 3, 3, 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_minmax_follows_the_module_dtype(dtype):
+    q = nuq.make_quantizer("minmax", bits=8, role="activation")
+    q.initialize(SAMPLE.relu())
+    q.to(dtype)
+    assert q(SAMPLE.relu().to(dtype)).dtype == dtype and q.eval()(SAMPLE.relu().to(dtype)).dtype == dtype

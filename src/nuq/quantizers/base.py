@@ -238,6 +238,9 @@ class Quantizer(nn.Module):
 
     # --- the interface --------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
+        if self.per_channel and self.channels is not None and (x.dim() == 0 or x.shape[0] != self.channels):
+            raise ValueError(f"a per-channel {self.method!r} quantizer of {self.channels} channels got a tensor of "
+                             f"shape {tuple(x.shape)}; channels are on axis 0")
         if not self._init_done:
             if self.training:
                 # LSQ-style lazy initialisation from the first batch, for users who skip

@@ -105,11 +105,11 @@ class MinMaxQuantizer(Quantizer):
     @torch.no_grad()
     def _observe(self, x: Tensor) -> None:
         if self.observer == "dynamic":
-            self.range.copy_(absmax(x.detach().float(), self.per_channel))
+            self.range.copy_(absmax(x.detach().float(), self.per_channel))  # copy_ casts
         elif self.training:
             # a batch maximum that is Inf/NaN must not enter the running range (it would
             # stay NaN for good): such a batch leaves the range as it was, without a host sync
-            m = absmax(x.detach().float(), self.per_channel)
+            m = absmax(x.detach().float(), self.per_channel).to(self.range.dtype)  # the module may be .to(bf16)
             self.range.lerp_(torch.where(torch.isfinite(m), m, self.range), self.momentum)
 
     def _current_step(self, x: Tensor) -> Tensor:
