@@ -24,9 +24,9 @@ def test_train_then_eval(tmp_path, capsys):
 def test_demo_quick_prints_table(tmp_path, capsys):
     assert main(["demo", "--quick", "--out-dir", str(tmp_path), "--methods", "lsq", "--set", "train.log_every=3"]) == 0
     out = capsys.readouterr().out
-    assert "| float | float |" in out and "W2A2 lsq/lsq" in out
+    assert "| float (shipped) | float |" in out and "W2A2 lsq/lsq" in out
     import yaml
-    for run in ("float", "lsq_w2a2"):  # --set reaches every run of the demo
+    for run in ("lsq_w2a2",):  # --set reaches every run of the demo
         assert yaml.safe_load((tmp_path / run / "config.yaml").read_text())["train"]["log_every"] == 3
     assert main(["analyze", str(tmp_path / "lsq_w2a2")]) == 0
     out = capsys.readouterr().out

@@ -60,7 +60,8 @@ def test_float_and_mixed_layers():
     assert c.size_bits == (18 + 2 + 4 + 96 + 3) * 32
     # a float activation or a non-uniform (Lloyd) weight makes the multiply a float one;
     # a PoT weight needs one shift-add per multiply
-    lloyd = make_quantizer("lloyd", bits=3, signed=True)
+    lloyd = make_quantizer("lloyd", bits=3, signed=True, role="weight")
+    lloyd.initialize(torch.randn(500), method="lloyd")
     c = count_model(Tiny(q("pot", 3, True), None, lloyd, q("uniform", 3, False)), (1, 1, 4, 4))
     conv, fc = c.layers
     assert conv.scheme == "float" and conv.flops == 288

@@ -66,8 +66,17 @@ def _external(name: str, num_classes: int, in_channels: int, kwargs: dict[str, A
         raise ValueError(f"model {name!r}: {lib} cannot build {arch!r} with {kwargs}: {e}") from e
 
 
-def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs: Any) -> nn.Module:
-    """Build the registered architecture ``name`` (or ``torchvision.<arch>`` / ``timm.<arch>``)."""
+def create_model(name: str, num_classes: int = 10, in_channels: int = 3, pretrained: str | None = None,
+                 **kwargs: Any) -> nn.Module:
+    """Build the registered architecture ``name`` (or ``torchvision.<arch>`` / ``timm.<arch>``).
+
+    ``pretrained``: the dataset of trained weights shipped with nuq (e.g. "fashion_mnist",
+    see :mod:`nuq.models.pretrained`); the other arguments must match those weights."""
+    if pretrained is not None:
+        from .pretrained import check_arguments, load_pretrained
+
+        check_arguments(name, pretrained, num_classes, in_channels, kwargs)
+        return load_pretrained(create_model(name, num_classes, in_channels, **kwargs), name, pretrained)
     for arg, v in (("num_classes", num_classes), ("in_channels", in_channels)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{arg}={v!r}; allowed: a positive int")

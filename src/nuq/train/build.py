@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ..models.pretrained import PREFIX, check_arguments, load_pretrained
 from ..nn.walk import named_quantizers
 from ..prepare import prepare, signed_inputs
 from ..runs.checkpoint import load_strict, load_weights
@@ -21,7 +22,11 @@ def build_model(cfg: RunConfig, num_classes: int, in_channels: int, calib: Itera
     torch.manual_seed(cfg.seed)
     model = architecture(cfg, num_classes, in_channels).to(device)
     source: nn.Module | None = None
-    if cfg.init_from:
+    if cfg.init_from and cfg.init_from.startswith(PREFIX):
+        dataset = cfg.init_from[len(PREFIX):]
+        check_arguments(cfg.model.name, dataset, num_classes, in_channels, dict(cfg.model.kwargs))
+        load_pretrained(model, cfg.model.name, dataset)
+    elif cfg.init_from:
         state, ckpt = load_weights(cfg.init_from)
         float_state = {k: v for k, v in state.items() if not is_quantizer_key(k)}
         load_strict(model, float_state, f"init_from={cfg.init_from}")
