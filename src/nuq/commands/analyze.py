@@ -14,12 +14,6 @@ from typing import Any
 
 import torch
 
-from ..analysis import plots
-from ..analysis.accounting import count_model, quantization_error
-from ..analysis.entropy import layer_entropies
-from ..analysis.hooks import visit_layer_inputs
-from ..data import load_dataset, make_loader
-from ..export.packed import float32_bytes, save_packed
 from ..nn.walk import quant_layers
 from ..runs import architecture, load_run, qat_summary, write_json
 
@@ -29,6 +23,13 @@ HELP = "size, FixOPs/BitOPs, entropy, quantization error and plots of a run"
 
 @torch.no_grad()
 def analyze_run(run_dir: str, data_dir: str | None = None, batches: int = 2) -> dict[str, Any]:
+    # imported here, not at parse time: matplotlib and the data loaders are not needed by `nuq --help`
+    from ..analysis import plots
+    from ..analysis.accounting import count_model, quantization_error
+    from ..analysis.entropy import layer_entropies
+    from ..analysis.hooks import visit_layer_inputs
+    from ..data import load_dataset, make_loader
+
     run = load_run(run_dir)
     model, cfg, ckpt = run.model, run.config, run.checkpoint
     test = load_dataset(cfg.data.name, data_dir or cfg.data.data_dir, train=False).subset(128 * batches, seed=0)
@@ -60,6 +61,8 @@ def analyze_run(run_dir: str, data_dir: str | None = None, batches: int = 2) -> 
 def _file_sizes(model: torch.nn.Module) -> dict[str, int]:
     """Bytes of the real packed file of the model (written to a temporary directory) and of
     its float32 parameters and buffers."""
+    from ..export.packed import float32_bytes, save_packed
+
     if not list(quant_layers(model)):
         return {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,18 +5,19 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import torch
-
-from ..data import load_dataset, make_loader
 from ..runs import load_run, qat_summary
-from ..train.evaluate import evaluate
-from ..train.loop import resolve_device
 
 NAME = "eval"
 HELP = "evaluate a run directory on its test set"
 
 
 def evaluate_run(run_dir: str, data_dir: str | None = None, device: str = "auto") -> dict[str, Any]:
+    import torch  # the loop's imports (tqdm, data loaders) are not needed to parse arguments
+
+    from ..data import load_dataset, make_loader
+    from ..train.evaluate import evaluate
+    from ..train.loop import resolve_device
+
     run = load_run(run_dir)
     cfg = run.config
     dev = resolve_device(device)
