@@ -191,12 +191,17 @@ def test_corrupted_data(packed_file):
         load_packed(packed_file)
 
 
-def test_newer_format_version(packed_file):
-    header, arrays = read_container(packed_file)
+def rewrite_header(path, edit):
+    """Re-write a packed file with ``edit(header)`` applied (valid CRCs: a deliberate change)."""
+    header, arrays = read_container(path)
     for k in ("arrays", "data_bytes", "crc32", "header_crc32"):
         header.pop(k)
-    header["format_version"] = FORMAT_VERSION + 1
-    write_container(packed_file, header, arrays)
+    edit(header)
+    write_container(path, header, arrays)
+
+
+def test_newer_format_version(packed_file):
+    rewrite_header(packed_file, lambda h: h.update(format_version=FORMAT_VERSION + 1))
     with pytest.raises(ValueError, match="upgrade nuq"):
         load_packed(packed_file)
 
@@ -255,7 +260,7 @@ def test_meta_must_be_json(tmp_path):
 
 def test_flipped_header_bit_is_an_error(packed_file):
     raw = bytearray(packed_file.read_bytes())
-    i = raw.index(b'"bits":2')  # one bit: activation bits 2 -> 3
+    i = raw.index(b'"bits":2')  # one bit of a bit width: 2 -> 3
     raw[i + 7] ^= 0x01
     packed_file.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="CRC32 of the header does not match"):
@@ -263,10 +268,6 @@ def test_flipped_header_bit_is_an_error(packed_file):
 
 
 def test_huge_claimed_shape_is_a_clear_error(packed_file):
-    header, arrays = read_container(packed_file)
-    for k in ("arrays", "data_bytes", "crc32", "header_crc32"):
-        header.pop(k)
-    header["layers"][1]["weight_shape"] = [2**40, 2**40, 3, 3]
-    write_container(packed_file, header, arrays)
+    rewrite_header(packed_file, lambda h: h["layers"][1].update(weight_shape=[2**40, 2**40, 3, 3]))
     with pytest.raises(ValueError, match="weight_shape"):
         load_packed(packed_file)
