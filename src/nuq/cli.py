@@ -36,10 +36,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.fn(args)
     except (ValueError, OSError, RuntimeError) as e:
-        # user input, files and diverged runs: one line, exit code 2 (RuntimeError covers
-        # TrainingDiverged, which says which checkpoint is the last good state)
-        if isinstance(e, RuntimeError) and type(e).__name__ != "TrainingDiverged":
-            raise  # a bug, not an input problem: keep the traceback
+        # user input, files and diverged runs: one line, exit code 2; any other RuntimeError
+        # is a bug and keeps its traceback (TrainingDiverged says the last good checkpoint)
+        from .train.loop import TrainingDiverged
+
+        if isinstance(e, RuntimeError) and not isinstance(e, TrainingDiverged):
+            raise
         print(f"nuq {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

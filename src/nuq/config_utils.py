@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
@@ -142,8 +143,6 @@ def check_fields(obj: Any, where: str = "") -> None:
 
 def read_yaml(path: Any, what: str = "config") -> dict[str, Any]:
     """The mapping of a YAML file; FileNotFoundError / ValueError naming the file."""
-    from pathlib import Path
-
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{what} file {p} does not exist")
