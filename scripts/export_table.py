@@ -40,8 +40,8 @@ def main() -> None:
         with torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
             ref = model(x)
             meta = {"model": ck["config"]["model"], "num_classes": ck["num_classes"], "in_channels": ck["in_channels"]}
-            info = save_packed(model, Path(tmp) / "m.nuqpack", meta=meta)
-            pk = (load_packed(Path(tmp) / "m.nuqpack")(x) - ref).abs().max().item()
+            info = save_packed(model, Path(tmp) / "m.nuq.safetensors", meta=meta)
+            pk = (load_packed(Path(tmp) / "m.nuq.safetensors")(x) - ref).abs().max().item()
             to_onnx(model, x[:8], Path(tmp) / "m.onnx")
             sess = ort.InferenceSession(str(Path(tmp) / "m.onnx"), providers=["CPUExecutionProvider"])
             got = torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])

@@ -42,7 +42,7 @@ def test_demo_quick_prints_table(tmp_path, capsys):
     m = re.search(r"packed file ([\d,]+) bytes vs float32 ([\d,]+) bytes", out)
     ck = load_checkpoint(tmp_path / "lsq_w2a2")
     model, _ = rebuild(ck, ck["num_classes"], ck["in_channels"])
-    assert int(m[1].replace(",", "")) == save_packed(model.eval(), tmp_path / "x.nuqpack")["bytes"]
+    assert int(m[1].replace(",", "")) == save_packed(model.eval(), tmp_path / "x.nuq.safetensors")["bytes"]
     saved = json.loads((tmp_path / "lsq_w2a2" / "analysis" / "analysis.json").read_text())
     assert saved["packed_bytes"] == int(m[1].replace(",", "")) < saved["float32_bytes"]
     assert (tmp_path / "lsq_w2a2" / "analysis" / "quantizers.png").is_file()

@@ -94,9 +94,9 @@ def test_dynamic_quantizer_from_one_file_trains_packs_and_exports(dynmean, tmp_p
         q(x * 3)  # a fresh batch gets its own step: the quantizer really is dynamic
         torch.testing.assert_close(first.act_quantizer.last_step, step * 3)
         q(x)
-        save_packed(q, tmp_path / "m.nuqpack", meta={"model": {"name": "resnet20", "kwargs": {"width": 4}},
+        save_packed(q, tmp_path / "m.nuq.safetensors", meta={"model": {"name": "resnet20", "kwargs": {"width": 4}},
                                                        "num_classes": 10, "in_channels": 1})
-        assert torch.equal(load_packed(tmp_path / "m.nuqpack")(x), ref)
+        assert torch.equal(load_packed(tmp_path / "m.nuq.safetensors")(x), ref)
     info = to_onnx(q, x, tmp_path / "m.onnx")
     assert info["layers"]["conv1"]["act"] in ("dynamic", "integer-dynamic")
     ort = pytest.importorskip("onnxruntime")

@@ -30,7 +30,7 @@ def test_export_packed_is_exact_and_reports_sizes(qat_run, capsys):
     assert main(["export", str(qat_run), "--format", "packed"]) == 0
     out = capsys.readouterr().out
     assert "bytes vs float32" in out and "x smaller" in out
-    path = qat_run / "model.nuqpack"
+    path = qat_run / "model.nuq.safetensors"
     header = read_header(path)
     assert header["meta"]["config"]["qat"]["w_bits"] == 2 and header["meta"]["in_channels"] == 1
     ckpt = load_checkpoint(qat_run)
@@ -66,4 +66,4 @@ def test_export_errors(qat_run, tmp_path, capsys):
     capsys.readouterr()
     assert main(["export", str(tmp_path / "f")]) == 2
     assert "float run" in capsys.readouterr().err
-    assert not (tmp_path / "f" / "model.nuqpack").exists()
+    assert not (tmp_path / "f" / "model.nuq.safetensors").exists()

@@ -66,7 +66,7 @@ def _file_sizes(model: torch.nn.Module) -> dict[str, int]:
     if not list(quant_layers(model)):
         return {}
     with tempfile.TemporaryDirectory() as tmp:
-        packed = save_packed(model, Path(tmp) / "m.nuqpack")["bytes"]
+        packed = save_packed(model, Path(tmp) / "m.nuq.safetensors")["bytes"]
     return {"packed_bytes": packed, "float32_bytes": float32_bytes(model)}
 
 

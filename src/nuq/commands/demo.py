@@ -85,7 +85,7 @@ def _packed_bytes(run_dir: str) -> int:
     from ..runs import load_run
 
     run = load_run(run_dir)
-    return save_packed(run.model, Path(run_dir) / "model.nuqpack", meta=run.meta())["bytes"]
+    return save_packed(run.model, Path(run_dir) / "model.nuq.safetensors", meta=run.meta())["bytes"]
 
 
 def run_demo(out_dir: str = "runs/demo", data_dir: str | None = None, quick: bool = False,

@@ -3,9 +3,9 @@ integer-arithmetic reference.
 
     from nuq.export import save_packed, load_packed, to_onnx, integer_forward
 
-    info = save_packed(qmodel, "model.nuqpack", meta={"model": {"name": "resnet20", "kwargs": {}},
+    info = save_packed(qmodel, "model.nuq.safetensors", meta={"model": {"name": "resnet20", "kwargs": {}},
                                                       "num_classes": 10, "in_channels": 1})
-    model = load_packed("model.nuqpack")          # outputs == qmodel.eval() outputs, exactly
+    model = load_packed("model.nuq.safetensors")          # outputs == qmodel.eval() outputs, exactly
     to_onnx(qmodel, example_batch, "model.onnx")   # Q/DQ for uniform, thresholds+Gather otherwise
     y = integer_forward(layer, x)                  # one layer from integer codes
 

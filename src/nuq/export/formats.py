@@ -67,7 +67,8 @@ def export_format(name: str) -> ExportFormat:
     return _FORMATS[name]
 
 
-@register_format("packed", ".nuqpack", "real low-bit weights and level tables in one file (load_packed)")
+@register_format("packed", ".nuq.safetensors",
+                 "real low-bit weights and level tables in one safetensors file (load_packed)")
 def _write_packed(model: nn.Module, path: Path, source: ExportSource) -> dict[str, Any]:
     return save_packed(model, path, meta=source.meta)
 

@@ -1,6 +1,9 @@
 """``save_packed`` / ``load_packed``: a quantized model as real low-bit weights in one file.
 
-What is stored (the container layout is in :mod:`nuq.export.container`):
+The file is a safetensors file (:mod:`nuq.export.safetensors_io`): any safetensors reader
+(``safetensors.safe_open``, ``load_file``) reads its tensors, and nuq's description of the
+model rides in the metadata. Files of the earlier container (format versions 1-2,
+:mod:`nuq.export.container`) are still read. What is stored:
 
 * per quantized layer, the weight *codes* (indices into the level table) bit-packed at
   ``ceil(log2 L)`` bits for a table of L levels -- 2 bits per weight at W2, 8 at W8 -- and
@@ -10,7 +13,7 @@ What is stored (the container layout is in :mod:`nuq.export.container`):
   quantizer (its thresholds included, whatever rule the method uses);
 * every other tensor of the model's ``state_dict`` as is (BatchNorm, biases, layers kept
   float);
-* a JSON header: format name and version, nuq version, the caller's ``meta`` (the
+* a JSON header (the ``"nuq"`` metadata entry): nuq version, the caller's ``meta`` (the
   architecture to rebuild: ``{"model": {"name", "kwargs"}, "num_classes", "in_channels"}``
   and, for a run, its whole config), per layer its geometry, weight and activation
   method, bits and signedness, and the array table.
@@ -46,13 +49,15 @@ from ..nn.layers import QuantConv2d, QuantLinear
 from ..nn.walk import named_quantizers, quant_layers, set_module
 from ..quantizers import Quantizer
 from ..runs.checkpoint import load_strict
-from .container import pack_bits, read_container, unpack_bits, write_container
+from .container import MAGIC, pack_bits, read_container, unpack_bits
+from .safetensors_io import read_safetensors, write_safetensors
 from .tables import check_layer, decoded_weight
 from .weight_table import WeightTable
 
 FORMAT = "nuq-packed"
-#: 2: the header carries its own CRC (``header_crc32``); version 1 files are still read
-FORMAT_VERSION = 2
+#: 3: a safetensors file; 2: nuq's own container with a header CRC; 1: without it (1 and 2
+#: are still read)
+FORMAT_VERSION = 3
 _CONV_ATTRS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
                "padding_mode")
 _LINEAR_ATTRS = ("in_features", "out_features")
@@ -76,10 +81,27 @@ def _act_spec(q: Quantizer) -> dict[str, Any]:
     return {k: cfg[k] for k in ("method", "bits", "signed", "kwargs")}
 
 
+#: state that export fixes and so does not store: every exported quantizer is initialised, and
+#: BatchNorm's step counter plays no part in eval (nor in training unless momentum=None)
+_IMPLIED = ("initialized", "num_batches_tracked")
+
+
+def _stored(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if k.rpartition(".")[2] not in _IMPLIED}
+
+
+def _with_implied(want: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` plus the implied entries of ``_IMPLIED`` that the module ``want``s."""
+    fill = {"initialized": lambda: torch.ones((), dtype=torch.bool),
+            "num_batches_tracked": lambda: torch.zeros((), dtype=torch.long)}
+    extra = {k: fill[k.rpartition(".")[2]]() for k in want if k not in state and k.rpartition(".")[2] in fill}
+    return {**state, **extra}
+
+
 def _rebuild_quantizer(spec: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> Quantizer:
     try:
         q = Quantizer.from_config({**spec, "role": "activation"})
-        q.load_state_dict(state, strict=True)
+        q.load_state_dict(_with_implied(q.state_dict(), state), strict=True)
     except (KeyError, TypeError, RuntimeError) as e:
         raise ValueError(f"{where}: cannot rebuild the {spec.get('method')!r} activation quantizer ({e})") from e
     return q.eval()
@@ -179,7 +201,7 @@ def save_packed(model: nn.Module, path: str | Path, meta: dict[str, Any] | None 
                 arrays[f"{name}.weight"] = layer.float_weight().detach().cpu()
                 rec["weight"] = None
             if aq is not None:
-                state = {k: v.detach().cpu() for k, v in aq.state_dict().items()}
+                state = _stored({k: v.detach().cpu() for k, v in aq.state_dict().items()})
                 spec = _act_spec(aq)
                 _check_rebuild(aq, spec, state, name)
                 arrays.update({f"{name}.act_quantizer.{k}": v for k, v in state.items()})
@@ -187,12 +209,11 @@ def save_packed(model: nn.Module, path: str | Path, meta: dict[str, Any] | None 
             else:
                 rec["act"] = None
             records.append(rec)
-        for k, v in _split_state(model, [n for n, _ in layers]).items():
+        for k, v in _stored(_split_state(model, [n for n, _ in layers])).items():
             arrays[k] = v.detach().cpu()
         # array names are the rebuilt model's state_dict keys, except the codes and levels
-        header = {"format": FORMAT, "format_version": FORMAT_VERSION, "nuq_version": __version__, "meta": meta,
-                  "layers": records}
-        size = write_container(path, header, arrays)
+        header = {"nuq_version": __version__, "meta": meta, "layers": records}
+        size = write_safetensors(path, FORMAT, FORMAT_VERSION, header, arrays)
     finally:
         model.train(was_training)
     fb = float32_bytes(model)
@@ -216,13 +237,18 @@ def read_header(path: str | Path) -> dict[str, Any]:
 
 
 def _read(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    header, arrays = read_container(path)
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no packed model at {p}")
+    with open(p, "rb") as f:
+        legacy = f.read(len(MAGIC)) == MAGIC
+    header, arrays = read_container(p) if legacy else read_safetensors(p, FORMAT)
     if header.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} file (format={header.get('format')!r})")
     v = header.get("format_version")
     if not isinstance(v, int) or v < 1:
         raise ValueError(f"{path}: bad format_version {v!r}")
-    if v >= 2 and "header_crc32" not in header:
+    if legacy and v >= 2 and "header_crc32" not in header:
         raise ValueError(f"{path} is corrupted: a format version {v} header without its header_crc32")
     if v > FORMAT_VERSION:
         raise ValueError(f"{path} was written in format version {v} by nuq {header.get('nuq_version')}; this nuq "
@@ -289,7 +315,7 @@ def load_packed(path: str | Path, model: nn.Module | None = None) -> nn.Module:
             set_module(model, name, new)
     except KeyError as e:
         raise ValueError(f"{path}: the header lacks the entry {e}; the file is damaged") from e
-    load_strict(model, state, f"packed file {path}")
+    load_strict(model, _with_implied(model.state_dict(), state), f"packed file {path}")
     for name, lv in tables.items():
         model.get_submodule(name).weight_quantizer = WeightTable(lv)
     return model.eval()

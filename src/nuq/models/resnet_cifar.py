@@ -88,20 +88,25 @@ class PreActBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, depth: int, num_classes: int, in_channels: int, width: int = 16,
-                 preact: bool = False, activation: str = "relu", learnable_bias: bool = False) -> None:
+    """A 3x3 stride-1 stem, then stages of ``n`` blocks at widths ``width * m`` for ``m`` in
+    ``stages`` (the first block of each later stage has stride 2); ``depth`` = 6n+2 for the
+    three-stage nets, or ``blocks=n`` directly (ResNet-18: four stages of two)."""
+
+    def __init__(self, depth: int | None, num_classes: int, in_channels: int, width: int = 16,
+                 preact: bool = False, activation: str = "relu", learnable_bias: bool = False,
+                 stages: tuple[int, ...] = (1, 2, 4), blocks: int | None = None) -> None:
         super().__init__()
-        if (depth - 2) % 6 != 0 or depth < 8:
+        if blocks is None and (depth is None or (depth - 2) % 6 != 0 or depth < 8):
             raise ValueError(f"depth={depth}; allowed: 6n+2 with n >= 1 (20, 32, 44, 56, 110)")
-        if width < 1:
-            raise ValueError(f"width={width}; allowed: a positive int")
-        n = (depth - 2) // 6
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"width={width!r}; allowed: a positive int")
+        n = blocks if blocks is not None else (depth - 2) // 6
         block = PreActBlock if preact else BasicBlock
         self.preact = preact
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.bn1 = nn.Identity() if preact else nn.BatchNorm2d(width)
         layers, cin = [], width
-        for i, cout in enumerate((width, 2 * width, 4 * width)):
+        for i, cout in enumerate(width * m for m in stages):
             for j in range(n):
                 layers.append(block(cin, cout, 2 if (i > 0 and j == 0) else 1, activation, learnable_bias))
                 cin = cout
@@ -135,3 +140,10 @@ def _factory(depth: int, preact: bool):
 for _d in (20, 32, 56):
     register_model(f"resnet{_d}")(_factory(_d, False))
     register_model(f"preact_resnet{_d}")(_factory(_d, True))
+
+
+@register_model("preact_resnet18")
+def preact_resnet18(num_classes: int = 10, in_channels: int = 3, width: int = 64) -> nn.Module:
+    """Pre-activation ResNet-18 with a CIFAR stem (3x3 stride 1, no max-pool): four stages of
+    two blocks at widths ``width`` x (1, 2, 4, 8)."""
+    return CifarResNet(None, num_classes, in_channels, width=width, preact=True, stages=(1, 2, 4, 8), blocks=2)
