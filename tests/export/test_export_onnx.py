@@ -3,6 +3,7 @@ every registered method; uniform quantizers appear as Q/DQ, the others as lookup
 
 import collections
 
+import numpy as np
 import pytest
 import torch
 from tests_helpers import needs_data
@@ -141,15 +142,20 @@ def test_export_mode_model_is_exact_for_every_method(method):
 
 @needs_data
 def test_uniform_layers_are_integer_ops_nonuniform_are_lookups(images, tmp_path):
-    """LSQ (and the 8-bit minmax first/last layers): activation integers from QuantizeLinear,
-    an integer convolution on the int8 weight codes, one rescale -- no float Conv left."""
+    """LSQ (and the 8-bit minmax first/last layers): activation integers from Round, a
+    convolution of them with the int8 weight codes (stored as int8, a Cast that ONNX Runtime
+    folds), one rescale; nuLSQ: a count over its 3 thresholds, one Gather per layer."""
     q = prepare_with("lsq", images[:16], resnet)
     info = to_onnx(q, images[:4], tmp_path / "lsq.onnx")
     kinds = collections.Counter((v["weight"], v["act"]) for v in info["layers"].values())
     assert sum(n for (w, a), n in kinds.items() if w == "int8" and a in ("integer-recip", "integer-div")) == 22
-    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "lsq.onnx")).graph.node)
-    assert ops["ConvInteger"] == 21 and ops["MatMulInteger"] == 1 and ops["QuantizeLinear"] == 22
-    assert ops["Conv"] == ops["Gemm"] == ops["MatMul"] == ops["DequantizeLinear"] == ops["Gather"] == 0
+    graph = onnx.load(str(tmp_path / "lsq.onnx")).graph
+    ops = collections.Counter(n.op_type for n in graph.node)
+    assert ops["Conv"] == 21 and ops["MatMul"] == 1 and ops["Round"] == 22 and ops["Cast"] == 22
+    assert ops["ConvInteger"] == ops["QuantizeLinear"] == ops["DequantizeLinear"] == ops["Gather"] == 0
+    int8 = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8) == 22 and sum(np.prod(t.dims) for t in int8) == sum(
+        layer.weight.numel() for _, layer in nuq.quant_layers(q))
     with torch.no_grad():
         check_close(run_ort(tmp_path / "lsq.onnx", images[16:]), q(images[16:]))
     if "nulsq" not in nuq.available_quantizers():
@@ -162,7 +168,7 @@ def test_uniform_layers_are_integer_ops_nonuniform_are_lookups(images, tmp_path)
     info = to_onnx(q, images[:4], tmp_path / "nulsq.onnx")
     assert sum(v["act"] == "lookup" for v in info["layers"].values()) == 20
     ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "nulsq.onnx")).graph.node)
-    assert ops["Gather"] >= 20 and ops["GreaterOrEqual"] >= 20
+    assert ops["GreaterOrEqual"] == 60 and ops["Gather"] == 20 and ops["Where"] == 0
     with torch.no_grad():
         check_close(run_ort(tmp_path / "nulsq.onnx", images[16:]), q(images[16:]))
 

@@ -58,7 +58,8 @@ from torch import Tensor, nn
 from ..nn.walk import quant_layers, set_module
 from ..quantizers import Quantizer
 from ..runs.files import atomic_write_bytes
-from .onnx_integer import int_dtype, integer_layer
+from .onnx_graph import fold_weight_dequantize
+from .onnx_integer import DQWeight, int_dtype, integer_layer, select_by_thresholds
 from .packed import _check_model
 from .tables import ActTable, activation_table, decoded_weight, level_grid, qdq_reference, recip_reference
 
@@ -99,22 +100,6 @@ class _RecipQDQ(torch.autograd.Function):
         one = _const(g, torch.ones(()))
         q = g.op("QuantizeLinear", g.op("Clip", g.op("Mul", x, inv), kmin, kmax), one, zp)
         return g.op("DequantizeLinear", q, scale, zp)
-
-
-class _DQWeight(torch.autograd.Function):
-    """Integer weight codes times their scale, as DequantizeLinear (per tensor, or per
-    output channel on axis 0)."""
-
-    @staticmethod
-    def forward(ctx, w: Tensor, scale: Tensor) -> Tensor:  # type: ignore[override]
-        s = scale.view((-1,) + (1,) * (w.dim() - 1)) if scale.dim() else scale
-        return w.to(scale.dtype) * s
-
-    @staticmethod
-    def symbolic(g, w, scale):  # pragma: no cover - runs inside the exporter
-        shape = scale.type().sizes() or []
-        dtype = torch.int8 if w.type().scalarType() == "Char" else torch.uint8
-        return g.op("DequantizeLinear", w, scale, _const(g, torch.zeros(shape, dtype=dtype)), axis_i=0)
 
 
 class QDQAct(nn.Module):
@@ -158,9 +143,7 @@ class LookupAct(nn.Module):
         self.register_buffer("levels", table.levels.clone())
 
     def forward(self, x: Tensor) -> Tensor:
-        # a sum of comparisons instead of bucketize: exportable, [.., L-1] booleans (L <= 256)
-        idx = (x.unsqueeze(-1) >= self.thresholds).sum(-1)
-        return self.levels[idx]
+        return select_by_thresholds(x, self.thresholds, self.levels)
 
 
 class DynamicAct(nn.Module):
@@ -224,7 +207,7 @@ class ExportLayer(nn.Module):
             self.register_buffer("weight", weight.detach().clone())
 
     def forward(self, x: Tensor) -> Tensor:
-        w = _DQWeight.apply(self.weight_codes, self.weight_scale) if self.int_weight else self.weight
+        w = DQWeight.apply(self.weight_codes, self.weight_scale) if self.int_weight else self.weight
         x = self.act(x)
         if self.conv:
             return self.op._conv_forward(x, w, self.op.bias)
@@ -241,7 +224,7 @@ def _weight_ints(layer: nn.Module, codes: Tensor, lv: Tensor, dec: Tensor) -> tu
     if dtype is None:
         return None
     w = ints[codes.cpu()].to(dtype)
-    if not torch.equal(_DQWeight.apply(w, scale), dec.cpu()):
+    if not torch.equal(DQWeight.apply(w, scale), dec.cpu()):
         return None
     return w, scale
 
@@ -313,6 +296,15 @@ def verification_batches(x: Tensor, seed: int = 0) -> list[Tensor]:
     return [x, shuffled, x * 0.5, x * 2.0, noise]
 
 
+def _fold_weights(data: bytes) -> bytes:
+    try:
+        import onnx
+    except ImportError as e:
+        raise ValueError("ONNX export needs the onnx package: pip install 'nuq[onnx]'") from e
+    proto = onnx.load_from_string(data)
+    return proto.SerializeToString() if fold_weight_dequantize(proto) else data
+
+
 def to_onnx(model: nn.Module, example_input: Tensor, path: str | Path, opset: int = OPSET,
             dynamic_batch: bool = True, qdq: bool = True, verify: bool = False) -> dict[str, Any]:
     """Export the prepared ``model`` (as in eval mode) to the ONNX file ``path`` (atomically).
@@ -345,7 +337,7 @@ def to_onnx(model: nn.Module, example_input: Tensor, path: str | Path, opset: in
         torch.onnx.export(emodel, (x,), buf, dynamo=False, opset_version=opset, input_names=["input"],
                           output_names=["output"], dynamic_axes=axes, do_constant_folding=True,
                           training=torch.onnx.TrainingMode.PRESERVE)
-    data = buf.getvalue()
+    data = _fold_weights(buf.getvalue())
     atomic_write_bytes(Path(path), lambda f: f.write(data))
     info: dict[str, Any] = {"path": str(path), "bytes": len(data), "layers": paths}
     if verify:

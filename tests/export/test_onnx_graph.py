@@ -1,0 +1,90 @@
+"""The export's ONNX building blocks: the threshold count that replaces bucketize, and the
+pass that stores weights as integer codes behind a Cast ONNX Runtime folds."""
+
+import collections
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from nuq.export.onnx_integer import DQWeight, select_by_thresholds
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from nuq.export.onnx_graph import fold_weight_dequantize  # noqa: E402
+
+
+@pytest.mark.parametrize("n", [1, 3, 7, 15, 16, 63])
+@pytest.mark.parametrize("integer_values", [False, True])
+def test_threshold_count_equals_bucketize(n, integer_values):
+    g = torch.Generator().manual_seed(n)
+    t = torch.sort(torch.randn(n, generator=g))[0]
+    values = (torch.arange(n + 1.0) - 2 if integer_values else torch.cumsum(torch.rand(n + 1, generator=g), 0))
+    # inputs on the thresholds, one float step either side of them, and at random
+    x = torch.cat([t, torch.nextafter(t, t - 1), torch.nextafter(t, t + 1), torch.randn(1000, generator=g) * 2])
+    want = values[torch.bucketize(x, t, right=True)]
+    assert torch.equal(select_by_thresholds(x, t, values), want)
+
+
+def _export(module, x):
+    buf = io.BytesIO()
+    torch.onnx.export(module, (x,), buf, dynamo=False, input_names=["input"], output_names=["output"])
+    return onnx.load_from_string(buf.getvalue())
+
+
+class _ConvOnCodes(torch.nn.Module):
+    def __init__(self, scale):
+        super().__init__()
+        self.register_buffer("codes", torch.randint(-2, 2, (8, 4, 3, 3), generator=torch.Generator().manual_seed(0),
+                                                    dtype=torch.int8))
+        self.register_buffer("scale", scale)
+
+    def forward(self, x):
+        return torch.nn.functional.conv2d(x, DQWeight.apply(self.codes, self.scale), padding=1)
+
+
+@pytest.mark.parametrize("scale", [torch.ones(()), torch.tensor(0.037), torch.linspace(0.01, 0.08, 8)])
+def test_weight_dequantize_becomes_a_cast_onnx_runtime_folds(scale, tmp_path):
+    """The folded weights are DequantizeLinear's bits; on integer operands (scale 1, the
+    integer layers) the whole convolution is exact at every optimisation level."""
+    m = _ConvOnCodes(scale)
+    x = torch.randint(0, 4, (2, 4, 9, 9)).float()
+    proto = _export(m, x)
+    assert collections.Counter(n.op_type for n in proto.graph.node)["DequantizeLinear"] == 1
+    assert fold_weight_dequantize(proto) == 1
+    ops = collections.Counter(n.op_type for n in proto.graph.node)
+    assert ops["DequantizeLinear"] == 0 and ops["Cast"] == 1
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in proto.graph.initializer)  # codes stay int8
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    opt = onnx.load(str(tmp_path / "opt.onnx"))
+    assert [n.op_type for n in opt.graph.node] == ["Conv"]  # Cast and Mul folded at load
+    w = onnx.numpy_helper.to_array(next(t for t in opt.graph.initializer if t.name == opt.graph.node[0].input[1]))
+    assert np.array_equal(w, DQWeight.apply(m.codes, m.scale).numpy())
+    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = level
+        sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])
+        if scale.numel() == 1 and float(scale) == 1.0:
+            assert torch.equal(got, m(x))
+        else:  # sums of non-integer products in another order
+            torch.testing.assert_close(got, m(x), rtol=1e-5, atol=1e-6)
+
+
+def test_qdq_layer_keeps_its_dequantize():
+    """A convolution whose input is dequantized too is the Q/DQ pattern: left as it is."""
+
+    class QDQConv(_ConvOnCodes):
+        def forward(self, x):
+            from nuq.export.onnx_export import _QDQ
+
+            x = _QDQ.apply(x, torch.tensor(0.1), torch.tensor(0.0), torch.tensor(0.3), torch.uint8)
+            return super().forward(x)
+
+    proto = _export(QDQConv(torch.tensor(0.05)), torch.rand(2, 4, 9, 9))
+    assert fold_weight_dequantize(proto) == 0
+    assert collections.Counter(n.op_type for n in proto.graph.node)["DequantizeLinear"] == 2
