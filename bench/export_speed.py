@@ -4,8 +4,11 @@ The shipped float ResNet-20 (Fashion-MNIST) is prepared with each method at W2A2
 (8-bit first/last layers, calibrated on 256 test images; no training: the graph, not the
 accuracy, sets the latency), exported with ``to_onnx``, and every session runs in one
 interleaved loop at batch 1 and 64 with ONNX Runtime's default optimisations and
-``--threads`` intra-op threads (default 2, the machine's default). Printed: median latency
-of the float model, each quantized model as a ratio to it, the ONNX and packed file sizes.
+``--threads`` intra-op threads (default 2, the machine's default; thread spinning off, so
+that one session's idle workers do not slow the next). Printed: median latency
+of the float model, each quantized model as a ratio to it, the ONNX and packed file sizes,
+and, on the full Fashion-MNIST test set, the largest logit difference between ONNX Runtime
+and PyTorch and their top-1 agreement.
 
     python bench/export_speed.py [--methods lsq nulsq ...] [--bits 2 4] [--rounds 30] [--profile lsq]
 """
@@ -28,13 +31,16 @@ from nuq.data import load_dataset
 from nuq.export import save_packed, to_onnx
 
 WEIGHT_OF = {"n2uq": "n2uq_w"}
-METHODS = ["lsq", "pact", "dorefa", "apot", "n2uq", "nulsq", "lcq", "lloyd"]
+METHODS = ["lsq", "pact", "dorefa", "uniform", "apot", "pot", "n2uq", "nulsq", "lcq", "lloyd"]
 
 
 def session(data: bytes, threads: int, profile: str | None = None) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    # worker threads that spin after a run would steal the cores from the next session of
+    # the interleaved loop (batch-1 ratios of 30-60x, none of it the model's own cost)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile:
         so.enable_profiling = True
         so.profile_file_prefix = profile
@@ -66,6 +72,15 @@ def op_profile(data: bytes, x, threads: int, runs: int = 20) -> list[tuple[str, 
     return [(k, v / total) for k, v in per.most_common()]
 
 
+@torch.no_grad()
+def agree(model: torch.nn.Module, data: bytes, x: torch.Tensor, threads: int) -> tuple[float, float]:
+    """(max |logit difference|, top-1 agreement in %) of ONNX Runtime against PyTorch on ``x``."""
+    sess = session(data, threads)
+    got = torch.cat([torch.from_numpy(sess.run(None, {"input": b.numpy()})[0]) for b in x.split(1000)])
+    ref = torch.cat([model(b) for b in x.split(1000)])
+    return float((got - ref).abs().max()), 100.0 * float((got.argmax(1) == ref.argmax(1)).float().mean())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--methods", nargs="*", default=METHODS)
@@ -79,13 +94,15 @@ def main() -> None:
     images = test.normalize(test.images[:256])
     model = nuq.create_model("resnet20", num_classes=10, in_channels=1, pretrained="fashion_mnist").eval()
     files = {"float": onnx_bytes(model, images[:8])}
-    packed = {}
+    packed, agreement = {}, {}
+    full = test.normalize(test.images)
     for bits in args.bits:
         for m in args.methods:
             cfg = nuq.QATConfig(weight=WEIGHT_OF.get(m, m), act=m, w_bits=bits, a_bits=bits)
             q = nuq.prepare(model, cfg, calib=[images]).eval()
             name = f"{m}-w{bits}a{bits}"
             files[name] = onnx_bytes(q, images[:8])
+            agreement[name] = agree(q, files[name], full, args.threads)
             with tempfile.TemporaryDirectory() as tmp:
                 packed[name] = save_packed(q, Path(tmp) / "m.nuq.safetensors")["bytes"]
     print(f"ONNX Runtime {ort.__version__}, {args.threads} intra-op threads, ResNet-20 width 16, 1x28x28; "
@@ -103,17 +120,16 @@ def main() -> None:
             shares = op_profile(files[k], x, args.threads)
             print(f"batch {b}, {k}: " + ", ".join(f"{op} {s:.0%}" for op, s in shares[:8]))
     head = " | ".join(f"batch {b}" for b in args.batches)
-    print(f"\n| model | {head} | ONNX KiB | packed KiB |")
-    print("|---|" + "---:|" * (len(args.batches) + 2))
-    fl = results[args.batches[0]]["float"]
+    print(f"\n| model | {head} | ONNX KiB | packed KiB | max logit diff | top-1 agreement % |")
+    print("|---|" + "---:|" * (len(args.batches) + 4))
     cells = " | ".join(f"{results[b]['float'] * 1e3:.2f} ms" for b in args.batches)
-    print(f"| float | {cells} | {len(files['float']) / 1024:.0f} | |")
+    print(f"| float | {cells} | {len(files['float']) / 1024:.0f} | | | |")
     for k in files:
         if k == "float":
             continue
         cells = " | ".join(f"{results[b][k] / results[b]['float']:.2f}x" for b in args.batches)
-        print(f"| {k} | {cells} | {len(files[k]) / 1024:.0f} | {packed[k] / 1024:.0f} |")
-    del fl
+        diff, top1 = agreement[k]
+        print(f"| {k} | {cells} | {len(files[k]) / 1024:.0f} | {packed[k] / 1024:.0f} | {diff:.3g} | {top1:.2f} |")
 
 
 if __name__ == "__main__":

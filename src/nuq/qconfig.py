@@ -64,7 +64,7 @@ class QATConfig:
     per_channel: bool = False
     w_init: str = "auto"
     a_init: str = "auto"
-    grad_scale: str | None = None
+    grad_scale: str | None = "lsq"
     quantize_downsample: bool = True
     downsample_patterns: tuple[str, ...] = ("*downsample*", "*shortcut*")
     skip: tuple[str, ...] = ()

@@ -14,7 +14,13 @@ SHIPPED = sorted(pretrained.shipped())
 
 
 def test_something_is_shipped():
-    assert ("resnet20", "fashion_mnist") in SHIPPED
+    assert ("resnet20", "fashion_mnist") in SHIPPED and ("mobilenetv2", "fashion_mnist") in SHIPPED
+
+
+def test_left_out_architecture_arguments_take_the_shipped_ones():
+    """The shipped MobileNetV2 is width 0.5; the factory's default is 1.0."""
+    m = nuq.create_model("mobilenetv2", num_classes=10, in_channels=1, pretrained="fashion_mnist")
+    assert m.fc.in_features == 1280 and m.features[1].block[-2].out_channels == 8
 
 
 @needs_data
@@ -35,7 +41,7 @@ def test_shipped_weights_score_their_recorded_accuracy(name, dataset):
 
 def test_unknown_or_mismatched_pretrained_is_a_clear_error():
     with pytest.raises(ValueError, match=r"no shipped weights for model 'resnet20' trained on 'cifar10'; shipped: "
-                                         r"resnet20 \(fashion_mnist\)"):
+                                         r"mobilenetv2 \(fashion_mnist\), resnet20 \(fashion_mnist\)"):
         nuq.create_model("resnet20", num_classes=10, in_channels=1, pretrained="cifar10")
     with pytest.raises(ValueError, match=r"weights of 'resnet20' are for .*'width': 16"):
         nuq.create_model("resnet20", num_classes=10, in_channels=1, pretrained="fashion_mnist", width=8)

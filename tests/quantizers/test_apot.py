@@ -28,7 +28,8 @@ def reference(x, alpha, levels, signed):
 
 
 def make(name, bits, signed, alpha, **kw):
-    q = nuq.make_quantizer(name, bits=bits, signed=signed, **kw).double()
+    """The quantizer with the paper's raw gradient (Eq. 8 as written) unless told otherwise."""
+    q = nuq.make_quantizer(name, bits=bits, signed=signed, **{"grad_scale": None, **kw}).double()
     q.alpha.data.fill_(alpha)
     q.mark_initialized()
     return q

@@ -118,7 +118,7 @@ def test_equal_steps_match_lsq(bits, signed):
     with torch.no_grad():
         for p in q.parameters():
             p.fill_(s)
-    lsq = nuq.make_quantizer("lsq", bits=bits, signed=signed).double()
+    lsq = nuq.make_quantizer("lsq", bits=bits, signed=signed, grad_scale=q.grad_scale).double()
     lsq.step.data.fill_(s)
     lsq.mark_initialized()
     x = torch.randn(2000, dtype=torch.float64) * 2 * (2 ** (bits - 1)) * s

@@ -71,11 +71,14 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, pretrai
     """Build the registered architecture ``name`` (or ``torchvision.<arch>`` / ``timm.<arch>``).
 
     ``pretrained``: the dataset of trained weights shipped with nuq (e.g. "fashion_mnist",
-    see :mod:`nuq.models.pretrained`); the other arguments must match those weights."""
+    see :mod:`nuq.models.pretrained`); the other arguments must match those weights, and
+    architecture arguments left out take the shipped model's (``width=0.5`` for the shipped
+    MobileNetV2)."""
     if pretrained is not None:
-        from .pretrained import check_arguments, load_pretrained
+        from .pretrained import check_arguments, load_pretrained, record
 
         check_arguments(name, pretrained, num_classes, in_channels, kwargs)
+        kwargs = {**record(name, pretrained)["kwargs"], **kwargs}
         return load_pretrained(create_model(name, num_classes, in_channels, **kwargs), name, pretrained)
     for arg, v in (("num_classes", num_classes), ("in_channels", in_channels)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:

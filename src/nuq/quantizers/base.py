@@ -27,9 +27,12 @@ Registering a method is one decorated class in one file of this package::
     @register_quantizer("mine")
     class Mine(Quantizer): ...
 
-Gradient scaling: ``grad_scale=None`` leaves the paper's raw gradient (summed over the
-elements that share a parameter); ``grad_scale="lsq"`` multiplies it by 1/sqrt(N*Qp)
-(Esser et al., 2020, Sec. 2.2), N being the number of elements per parameter.
+Gradient scaling: the default ``grad_scale="lsq"`` multiplies a quantizer parameter's
+gradient by 1/sqrt(N*Qp) (Esser et al., 2020, Sec. 2.2), N being the number of elements per
+parameter, so that a plain optimiser over ``model.parameters()`` trains it (with the raw
+gradient, summed over ~1e5 elements, a step size moves by orders of magnitude in a few SGD
+steps); ``grad_scale=None`` leaves the paper's raw gradient, for a separate optimiser (the
+CLI's AdamW group, :func:`nuq.param_groups`) or to reproduce a paper exactly.
 """
 
 from __future__ import annotations
@@ -128,7 +131,7 @@ class Quantizer(nn.Module):
         self,
         bits: int = 4,
         signed: bool = False,
-        grad_scale: str | None = None,
+        grad_scale: str | None = "lsq",
         per_channel: bool = False,
         channels: int | None = None,
         role: str = "activation",

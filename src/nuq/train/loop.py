@@ -14,6 +14,7 @@ import csv
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..data import load_dataset, make_loader
-from ..nn.walk import quantizer_parameters
+from ..nn.walk import split_parameters
 from ..prepare import signed_inputs
 from ..runs.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from ..runs.config import RunConfig, config_diff, same_config, save_config
@@ -35,6 +36,7 @@ from . import distributed as ddp
 from . import execution as ex
 from .build import build_model
 from .evaluate import evaluate
+from .health import constant_layers, constant_output_message
 from .schedule import lr_factor
 from .tblog import TensorBoardLog
 
@@ -74,9 +76,7 @@ def _make_optimizer(kind: str, params: list, lr: float, wd: float, cfg) -> torch
 def build_optimizers(model: nn.Module, cfg: RunConfig) -> list[torch.optim.Optimizer]:
     """One optimiser for the weights, one for the quantizer parameters (if any)."""
     o = cfg.optim
-    qparams = quantizer_parameters(model)
-    qids = {id(p) for p in qparams}
-    weights = [p for p in model.parameters() if id(p) not in qids and p.requires_grad]
+    weights, qparams = split_parameters(model)
     opts = [_make_optimizer(o.optimizer, weights, o.lr, o.weight_decay, o)]
     if qparams:
         qwd = o.weight_decay if o.q_weight_decay == "same" else float(o.q_weight_decay)
@@ -193,6 +193,7 @@ class Trainer:
             self.model = build_model(cfg, self.num_classes, self.in_channels, self._calib_batches(), self.device)
             self.model.to(self.device)
         self.bare = ex.to_memory_format(self.model, cfg.train)
+        self._health_checked = False
         self.model = ex.maybe_compile(ddp.wrap(self.bare, self.dist, self.device, cfg.sync_bn), cfg.train)
         self.opts = build_optimizers(self.bare, cfg)
         self.scheds = self._schedulers(self.opts)
@@ -269,6 +270,12 @@ class Trainer:
                 o.zero_grad(set_to_none=True)
             self._backward_step(loss)
             step += 1
+            if not self._health_checked:  # once per process, after the lazy quantizer init
+                self._health_checked = True
+                with ex.autocast(tc, self.device):
+                    dead = constant_layers(self.bare, x) if self.dist.is_main else []
+                if dead:
+                    warnings.warn(constant_output_message(dead), stacklevel=1)
             with torch.no_grad():
                 n = y.numel()
                 sums[0] += loss.detach().double() * n
