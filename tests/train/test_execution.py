@@ -100,10 +100,12 @@ def test_bf16_channels_last_qat_from_a_float_start(tmp_path):
     """W2A2 QAT of a conv net under bf16 autocast and channels_last, from an fp32 float run."""
     conv = {"model": {"name": "resnet20", "kwargs": {"width": 8}}, "optim": {"lr": 0.1}}
     f = train(config_from_dict(mlp_cfg(tmp_path / "f", **conv)))
-    raw = mlp_cfg(tmp_path / "q", epochs=1, qat=QAT, init_from=str(tmp_path / "f"), data={"train_subset": 1000},
-                  train={"precision": "bf16", "channels_last": True}, **conv)
+    # 8-bit first/last layers and a QAT lr below the float run's: at lr 0.1 with a 2-bit first
+    # layer, 10 steps from this weak start scattered between 20% and 48% across settings
+    raw = mlp_cfg(tmp_path / "q", epochs=1, qat={**QAT, "first_last": "8bit"}, init_from=str(tmp_path / "f"),
+                  optim={"lr": 0.02}, train={"precision": "bf16", "channels_last": True}, model=conv["model"])
     out = train(config_from_dict(raw))
-    assert f["test_top1"] > 35 and out["test_top1"] > 30  # chance is 10%
+    assert f["test_top1"] > 35 and out["test_top1"] > 40  # chance is 10%; fp32 measured 53, bf16 52
 
 
 @needs_data

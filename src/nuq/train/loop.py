@@ -272,9 +272,9 @@ class Trainer:
             step += 1
             if not self._health_checked:  # once per process, after the lazy quantizer init
                 self._health_checked = True
-                with ex.autocast(tc, self.device):
-                    dead = constant_layers(self.bare, x) if self.dist.is_main else []
-                if dead:
+                with ex.autocast(tc, self.device):  # every rank: SyncBatchNorm's forward is collective
+                    dead = constant_layers(self.bare, x)
+                if dead and self.dist.is_main:
                     warnings.warn(constant_output_message(dead), stacklevel=1)
             with torch.no_grad():
                 n = y.numel()
