@@ -41,3 +41,22 @@ def test_qat_with_teacher(tmp_path):
     torch.save(ck, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="distill.teacher"):
         train(run(tmp_path / "x", distill={"teacher": str(tmp_path / "bad.pt")}))
+
+
+def test_teacher_from_the_shipped_weights():
+    """distill.teacher: pretrained:<dataset> is the shipped float model of the run's architecture."""
+    import nuq
+    from nuq.train.build import build_teacher
+
+    cfg = config_from_dict({"model": {"name": "resnet20", "kwargs": {"width": 16}},
+                            "distill": {"teacher": "pretrained:fashion_mnist"}})
+    teacher = build_teacher(cfg, 10, 1, torch.device("cpu"))
+    ref = nuq.create_model("resnet20", num_classes=10, in_channels=1, pretrained="fashion_mnist").eval()
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(teacher(x), ref(x))
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    bad = config_from_dict({"model": {"name": "resnet20", "kwargs": {"width": 8}},
+                            "distill": {"teacher": "pretrained:fashion_mnist"}})
+    with pytest.raises(ValueError, match=r"distill.teacher=pretrained:fashion_mnist: .*'width': 16"):
+        build_teacher(bad, 10, 1, torch.device("cpu"))

@@ -77,7 +77,24 @@ def fold_weight_dequantize(model: Any) -> int:
             new_nodes.append(n)
     del g.node[:]
     g.node.extend(new_nodes)
+    if rewritten:
+        _drop_unused(g)
     return rewritten
+
+
+def _drop_unused(g: Any) -> None:
+    """Remove initializers and Constant/Identity nodes nothing reads any more (the removed
+    nodes' zero points), which ONNX Runtime would otherwise warn about at every load."""
+    while True:
+        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        dead = [n for n in g.node if n.op_type in ("Constant", "Identity") and not any(o in used for o in n.output)]
+        for n in dead:
+            g.node.remove(n)
+        unused = [t for t in g.initializer if t.name not in used]
+        for t in unused:
+            g.initializer.remove(t)
+        if not dead and not unused:
+            return
 
 
 def _weight_uses(name: str, consumers: dict[str, list]) -> list[tuple[Any, int]] | None:

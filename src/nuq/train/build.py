@@ -11,7 +11,7 @@ from torch import nn
 from ..models.pretrained import PREFIX, check_arguments, load_pretrained
 from ..nn.walk import named_quantizers
 from ..prepare import prepare, signed_inputs
-from ..runs.checkpoint import load_strict, load_weights
+from ..runs.checkpoint import load_checkpoint, load_strict, load_weights
 from ..runs.config import RunConfig
 from ..runs.load import architecture, is_quantizer_key, rebuild
 
@@ -40,6 +40,24 @@ def build_model(cfg: RunConfig, num_classes: int, in_channels: int, calib: Itera
         inherit_quantizers(model, source)
         return model.to(device)
     return prepare(model, cfg.qat, calib=calib, inplace=True)
+
+
+def build_teacher(cfg: RunConfig, num_classes: int, in_channels: int, device: torch.device) -> nn.Module | None:
+    """The frozen teacher of ``distill.teacher``: a run directory or checkpoint, or
+    ``pretrained:<dataset>`` (the shipped weights of the run's own architecture)."""
+    teacher = cfg.distill.teacher
+    if not teacher:
+        return None
+    try:
+        if teacher.startswith(PREFIX):
+            dataset = teacher[len(PREFIX):]
+            check_arguments(cfg.model.name, dataset, num_classes, in_channels, dict(cfg.model.kwargs))
+            model = load_pretrained(architecture(cfg, num_classes, in_channels), cfg.model.name, dataset)
+        else:
+            model, _ = rebuild(load_checkpoint(teacher), num_classes, in_channels)
+    except ValueError as e:
+        raise ValueError(f"distill.teacher={teacher}: {e}") from e
+    return model.to(device).eval().requires_grad_(False)
 
 
 def inherit_quantizers(model: nn.Module, source: nn.Module) -> None:

@@ -34,7 +34,7 @@ from ..runs.load import qat_summary, rebuild
 from ..runs.rundir import run_directory
 from . import distributed as ddp
 from . import execution as ex
-from .build import build_model
+from .build import build_model, build_teacher
 from .evaluate import evaluate
 from .health import constant_layers, constant_output_message
 from .schedule import lr_factor
@@ -117,17 +117,7 @@ class Trainer:
             raise ValueError(f"data.batch_size={d.batch_size} exceeds the {len(train_set)} training samples")
         self.total_steps = self.steps_per_epoch * cfg.epochs
         ex.check_execution(cfg.train, self.device)
-        self.teacher = self._load_teacher()
-
-    def _load_teacher(self) -> nn.Module | None:
-        if not self.cfg.distill.teacher:
-            return None
-        ckpt = load_checkpoint(self.cfg.distill.teacher)
-        try:
-            teacher, _ = rebuild(ckpt, self.num_classes, self.in_channels)
-        except ValueError as e:
-            raise ValueError(f"distill.teacher={self.cfg.distill.teacher}: {e}") from e
-        return teacher.to(self.device).eval().requires_grad_(False)
+        self.teacher = build_teacher(cfg, self.num_classes, self.in_channels, self.device)
 
     def _calib_batches(self):
         loader = make_loader(self.train_loader.data, self.cfg.data.batch_size, train=False,
