@@ -3,7 +3,7 @@
 Starts from the float ResNet-20 (width 16) shipped with nuq, trained on Fashion-MNIST
 (:mod:`nuq.models.pretrained`), and measures it on the full 10k test set. Then, for each
 method (LSQ and nuLSQ by default), W2A2 QAT from those weights -- first/last layers at 8
-bits, MSE initialisation, 100 steps on 12.8k training images -- the full test set again,
+bits, MSE initialisation, 200 steps (2 passes over 12.8k training images) -- the full test set again,
 and the real packed 2-bit file. Prints float vs quantized accuracy, file size and time.
 
 ``--from-scratch`` first trains the float model with the shipped model's own config (the
@@ -29,6 +29,9 @@ HELP = "quantize the shipped float ResNet-20 to W2A2 with LSQ and nuLSQ on Fashi
 DEFAULT_METHODS = ("lsq", "nulsq")
 MODEL, DATASET = "resnet20", "fashion_mnist"
 QAT_IMAGES, QUICK_IMAGES = 12800, 256
+#: 2 passes over QAT_IMAGES (200 steps): LSQ/nuLSQ W2A2 land 1.6 points below float in about
+#: 2.5 minutes on 2 cores; one pass left them 2.2-2.3 points below
+QAT_EPOCHS = 2
 
 
 def float_config(out_dir: str, data_dir: str | None, quick: bool) -> dict:
@@ -49,7 +52,8 @@ def demo_configs(out_dir: str, data_dir: str | None, quick: bool, methods: list[
     rec = record(MODEL, DATASET)
     cfgs = []
     for m in methods:
-        cfgs.append({"name": f"{m}-w2a2", "out_dir": str(Path(out_dir) / f"{m}_w2a2"), "seed": 0, "epochs": 1,
+        cfgs.append({"name": f"{m}-w2a2", "out_dir": str(Path(out_dir) / f"{m}_w2a2"), "seed": 0,
+                     "epochs": 1 if quick else QAT_EPOCHS,
                      "model": {"name": MODEL, "kwargs": rec["kwargs"]}, "init_from": init_from,
                      "data": {"name": DATASET, "data_dir": data_dir, "train_subset": QUICK_IMAGES if quick
                               else QAT_IMAGES, "test_subset": 500 if quick else None},
