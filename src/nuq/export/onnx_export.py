@@ -11,9 +11,10 @@ shows the weights' own levels.
 
 Layers whose weight *and* activation tables are integer grids -- the ones PyTorch's eval
 mode already computes on integers (:mod:`nuq.nn.integer_eval`) -- are written as integer
-ops: ``QuantizeLinear -> ConvInteger / MatMulInteger -> Cast -> Mul -> Add``
-(:mod:`nuq.export.onnx_integer`). Their sums are exact in both runtimes, so ONNX Runtime
-returns the same bits as PyTorch at every optimisation level. The other layers
+codes into a float convolution: ``Round(Clip(x / s)) -> Conv(codes, int8 weights) -> Mul ->
+Add`` (:mod:`nuq.export.onnx_integer`). Their sums are exact in both runtimes, whatever
+the order, so those layers give the same bits as PyTorch at every optimisation level
+(BatchNormalization, a separate node, may differ in the last bit). The other layers
 (non-uniform tables) keep a float convolution and the activation paths below:
 
 * uniform activation quantizers -- whose table is ``s * k`` for consecutive integers k and

@@ -8,7 +8,7 @@
 
 Exactness is checked in float32, never assumed from a method's ``uniform_output``: these
 grids decide where integer arithmetic may replace float arithmetic (eval-mode integer
-layers, ONNX ConvInteger, the packed format).
+layers, the ONNX integer layers, the packed format).
 """
 
 from __future__ import annotations
