@@ -24,10 +24,6 @@ WEIGHT_OPS = ("Conv", "MatMul", "Gemm")
 LAYOUT_OPS = ("Transpose", "Identity")
 
 
-def _initializers(graph: Any) -> dict[str, Any]:
-    return {t.name: t for t in graph.initializer}
-
-
 def _constant_values(graph: Any) -> dict[str, Any]:
     """name -> numpy value of every initializer, Constant node output and Identity of one
     (the exporter shares a constant between uses through Identity nodes)."""

@@ -1,11 +1,11 @@
-"""Integer layers of the ONNX graph: ``codes -> Conv(codes, DequantizeLinear(w)) -> Mul -> Add``.
+"""Integer layers of the ONNX graph: ``codes -> Conv(codes, integer weights) -> Mul -> Add``.
 
 A layer whose activation and weight tables are both integer grids computes, in eval mode,
 ``conv(k_a, k_w) * (s_a * s_w) + bias`` (:mod:`nuq.nn.integer_eval`). Its export is the
 same arithmetic:
 
 * activation integers ``k_a`` as integer-valued floats: ``Round(Clip(x * (1/s_a)))`` for
-  rounding quantizers, a ``Where`` chain over the thresholds for learned ones (N2UQ), the
+  rounding quantizers, a count of threshold comparisons for learned ones (N2UQ), the
   quantizer's dynamic form for the dynamic minmax observer (its step computed in the graph);
 * a float ``Conv`` / ``MatMul`` of those integers with the int8/uint8 weight codes (stored
   as int8 behind a ``Cast`` that ONNX Runtime folds at load, see
@@ -44,10 +44,10 @@ class DQWeight(torch.autograd.Function):
     """Integer weight codes times their scale (PyTorch), as ``DequantizeLinear`` (ONNX; per
     tensor, or per output channel on axis 0).
 
-    With a scale of 1 this hands a float convolution its integer weights through a node
-    rather than as a float initializer, which keeps ONNX Runtime from folding the ``Mul``
-    by the layer's scale that follows into the weights (its Conv+Mul fusion), a change of
-    the rounding."""
+    The exporter would constant-fold a plain ``codes.float()`` into a float32 initializer;
+    as a DequantizeLinear node the codes stay int8 in the file (at scale 1 for the integer
+    layers), and :mod:`nuq.export.onnx_graph` turns the node into a ``Cast`` (times the
+    scale) that ONNX Runtime folds at load."""
 
     @staticmethod
     def forward(ctx, w: Tensor, scale: Tensor) -> Tensor:  # type: ignore[override]
@@ -90,7 +90,6 @@ class IntegerAct(nn.Module):
                  inv: Tensor | None = None, levels: Tensor | None = None, form: nn.Module | None = None) -> None:
         super().__init__()
         self.kind = kind
-        self.dtype = int_dtype(int(ints.min()), int(ints.max()))
         self.register_buffer("ints", ints.float())
         self.register_buffer("scale", scale.float() if scale is not None else torch.ones(()))
         self.register_buffer("thresholds", thresholds if thresholds is not None else torch.zeros(0))

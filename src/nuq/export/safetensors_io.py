@@ -73,14 +73,6 @@ def write_safetensors(path: str | Path, fmt: str, version: int, header: dict[str
     return len(raw)
 
 
-def is_safetensors(raw: bytes) -> bool:
-    """Whether ``raw`` starts like a safetensors file (a length, then ``{``)."""
-    if len(raw) < _LEN + 1:
-        return False
-    n = int.from_bytes(raw[:_LEN], "little")
-    return 0 < n <= len(raw) - _LEN and raw[_LEN:_LEN + 1] == b"{"
-
-
 def read_safetensors(path: str | Path, fmt: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(nuq header with ``format``/``format_version`` added, tensors) of a file written by
     :func:`write_safetensors`; ValueError naming what is wrong otherwise."""

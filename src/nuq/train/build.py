@@ -23,9 +23,7 @@ def build_model(cfg: RunConfig, num_classes: int, in_channels: int, calib: Itera
     model = architecture(cfg, num_classes, in_channels).to(device)
     source: nn.Module | None = None
     if cfg.init_from and cfg.init_from.startswith(PREFIX):
-        dataset = cfg.init_from[len(PREFIX):]
-        check_arguments(cfg.model.name, dataset, num_classes, in_channels, dict(cfg.model.kwargs))
-        load_pretrained(model, cfg.model.name, dataset)
+        _load_shipped(model, cfg, cfg.init_from, num_classes, in_channels)
     elif cfg.init_from:
         state, ckpt = load_weights(cfg.init_from)
         float_state = {k: v for k, v in state.items() if not is_quantizer_key(k)}
@@ -42,6 +40,14 @@ def build_model(cfg: RunConfig, num_classes: int, in_channels: int, calib: Itera
     return prepare(model, cfg.qat, calib=calib, inplace=True)
 
 
+def _load_shipped(model: nn.Module, cfg: RunConfig, source: str, num_classes: int, in_channels: int) -> nn.Module:
+    """Load the shipped weights named by ``source`` (``pretrained:<dataset>``) into ``model``,
+    the run's own architecture, after checking they were trained for it."""
+    dataset = source[len(PREFIX):]
+    check_arguments(cfg.model.name, dataset, num_classes, in_channels, dict(cfg.model.kwargs))
+    return load_pretrained(model, cfg.model.name, dataset)
+
+
 def build_teacher(cfg: RunConfig, num_classes: int, in_channels: int, device: torch.device) -> nn.Module | None:
     """The frozen teacher of ``distill.teacher``: a run directory or checkpoint, or
     ``pretrained:<dataset>`` (the shipped weights of the run's own architecture)."""
@@ -50,9 +56,8 @@ def build_teacher(cfg: RunConfig, num_classes: int, in_channels: int, device: to
         return None
     try:
         if teacher.startswith(PREFIX):
-            dataset = teacher[len(PREFIX):]
-            check_arguments(cfg.model.name, dataset, num_classes, in_channels, dict(cfg.model.kwargs))
-            model = load_pretrained(architecture(cfg, num_classes, in_channels), cfg.model.name, dataset)
+            model = _load_shipped(architecture(cfg, num_classes, in_channels), cfg, teacher, num_classes,
+                                  in_channels)
         else:
             model, _ = rebuild(load_checkpoint(teacher), num_classes, in_channels)
     except ValueError as e:
