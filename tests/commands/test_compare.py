@@ -1,9 +1,13 @@
 """The comparison grid: validation before training, skipping finished cells, the table."""
 
+from pathlib import Path
+
 import pytest
 from tests_helpers import needs_data
 
 from nuq.commands.compare import GridConfig, cell_configs, markdown_table, run_grid
+
+STUDY = Path(__file__).parents[2] / "configs" / "study" / "resnet20.yaml"
 
 
 def test_bad_cell_fails_before_training(tmp_path):
@@ -58,3 +62,38 @@ def test_grid_runs_and_resumes(tmp_path):
     for run in ("float", "lsq_w2a2_s0", "lsq_w2a2_s1"):
         (tmp_path / run / "checkpoint.pt").unlink()
     assert run_grid(grid) == rows
+
+
+def test_cells_run_bits_then_seed_then_method(tmp_path):
+    methods = {"a": {"qat": {"weight": "lsq", "act": "lsq"}}, "b": {"qat": {"weight": "lsq", "act": "nulsq"}}}
+    grid = GridConfig(out_dir=str(tmp_path), bits=(2, 3), seeds=(0, 1), methods=methods)
+    order = [(b, s, m) for m, b, s, _ in cell_configs(grid)]
+    assert order == [(b, s, m) for b in (2, 3) for s in (0, 1) for m in ("a", "b")]
+
+
+def test_grid_from_shipped_weights_trains_no_float_run(tmp_path):
+    kd = {"qat": {"weight": "lsq", "act": "lsq"}, "distill": {"teacher": "float"}}
+    base = {"model": {"name": "resnet20", "kwargs": {"width": 16}}}
+    grid = GridConfig(out_dir=str(tmp_path), base=base, bits=(2,), seeds=(0,), methods={"kd": kd},
+                      init_from="pretrained:fashion_mnist")
+    (_, _, _, cfg), = cell_configs(grid)
+    assert cfg.init_from == "pretrained:fashion_mnist" and cfg.distill.teacher == "pretrained:fashion_mnist"
+    from nuq.commands.compare import start_metrics
+    from nuq.models.pretrained import record
+
+    assert start_metrics(grid.init_from, cfg)["test_top1"] == record("resnet20", "fashion_mnist")["test_top1"]
+    with pytest.raises(ValueError, match="test_subset"):
+        run_grid(GridConfig(out_dir=str(tmp_path), base={**base, "data": {"test_subset": 100}}, bits=(2,),
+                            seeds=(0,), methods={"kd": kd}, init_from="pretrained:fashion_mnist"))
+    with pytest.raises(ValueError, match="float: a grid with init_from"):
+        GridConfig(methods={"kd": kd}, init_from="pretrained:fashion_mnist", float={"epochs": 3})
+    assert not (tmp_path / "float").exists()
+
+
+def test_load_grid_restricts_methods(tmp_path):
+    from nuq.commands.compare import load_grid
+
+    grid = load_grid(STUDY, ["bits=[2]"], ["nulsq-a", "lsq"])
+    assert list(grid.methods) == ["nulsq-a", "lsq"] and grid.bits == (2,)
+    with pytest.raises(ValueError, match="--methods nope: not a method of the grid; allowed: lsq, nulsq-a"):
+        load_grid(STUDY, [], ["nope"])

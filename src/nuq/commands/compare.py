@@ -5,6 +5,8 @@ The grid config (YAML)::
     out_dir: runs/compare_fmnist
     base: {...}            # a RunConfig dict shared by every run (model, data, optim, epochs)
     float: {epochs: 15}    # overrides for the float run (trained once, first)
+    # or, instead of a float run: start every cell from trained weights
+    # init_from: pretrained:fashion_mnist   (shipped weights; or a run directory)
     bits: [2, 3, 4]        # W/A bit widths (wN aN)
     seeds: [0, 1, 2]
     methods:               # name -> overrides of the QAT runs (qat.*, optim.*, ...)
@@ -12,7 +14,9 @@ The grid config (YAML)::
       nulsq-a:  {qat: {weight: lsq, act: nulsq}}
       lsq-kd:   {qat: {weight: lsq, act: lsq}, distill: {teacher: float}}
 
-``distill: {teacher: float}`` distils from the grid's own float run. Every cell is
+``distill: {teacher: float}`` distils from the grid's own float run (or from ``init_from``).
+Cells run bit width first, then seed, then method, so that an interrupted grid has every
+method at the lowest bit width and first seed before any second seed. Every cell is
 validated before any training starts (unknown method, impossible bit width). Finished
 cells (a ``metrics.json`` in their run directory) are skipped and an interrupted cell
 resumes from its checkpoint, so re-running the command continues the grid. Results go
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import dataclasses
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -45,12 +50,20 @@ class GridConfig:
     bits: tuple[int, ...] = (2, 3, 4)
     seeds: tuple[int, ...] = (0, 1, 2)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if not self.methods:
             raise ValueError("methods: the grid names no method")
         if not self.seeds:
             raise ValueError("seeds: the grid names no seed")
+        if self.init_from is not None and self.float:
+            raise ValueError("float: a grid with init_from trains no float run; drop one of the two")
+
+    @property
+    def start(self) -> str:
+        """What every cell starts from (and distils from with ``teacher: float``)."""
+        return self.init_from or str(Path(self.out_dir) / "float")
 
 
 def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -67,18 +80,17 @@ def float_config(grid: GridConfig) -> RunConfig:
 
 
 def cell_configs(grid: GridConfig) -> list[tuple[str, int, int, RunConfig]]:
-    """(method, bits, seed, config) of every QAT cell, validated."""
-    float_dir = str(Path(grid.out_dir) / "float")
+    """(method, bits, seed, config) of every QAT cell, validated, in the order they run."""
     cells = []
-    for name, over in grid.methods.items():
-        for bits in grid.bits:
-            for seed in grid.seeds:
+    for bits in grid.bits:
+        for seed in grid.seeds:
+            for name, over in grid.methods.items():
                 run = f"{name}_w{bits}a{bits}_s{seed}"
                 raw = merge(grid.base, {"name": run, "out_dir": str(Path(grid.out_dir) / run), "seed": seed,
-                                        "init_from": float_dir, "qat": {"w_bits": bits, "a_bits": bits}})
+                                        "init_from": grid.start, "qat": {"w_bits": bits, "a_bits": bits}})
                 raw = merge(raw, over)
                 if (raw.get("distill") or {}).get("teacher") == "float":
-                    raw["distill"] = {**raw["distill"], "teacher": float_dir}
+                    raw["distill"] = {**raw["distill"], "teacher": grid.start}
                 try:
                     cfg = config_from_dict(raw)
                 except ValueError as e:
@@ -115,12 +127,15 @@ def _check_stale(cfgs: list[RunConfig]) -> None:
 def run_grid(grid: GridConfig) -> list[dict[str, Any]]:
     from ..train import train
 
-    fcfg = float_config(grid)
     cells = cell_configs(grid)  # fail on a bad cell before training anything
-    _check_stale([fcfg] + [c for *_, c in cells])
-    ffinal = _done(fcfg) or train(fcfg)
-    rows = [{"method": "float", "bits": 32, "seed": fcfg.seed, "top1": ffinal["test_top1"],
-             "top5": ffinal["test_top5"]}]
+    if grid.init_from is None:
+        fcfg = float_config(grid)
+        _check_stale([fcfg] + [c for *_, c in cells])
+        ffinal, fseed = _done(fcfg) or train(fcfg), fcfg.seed
+    else:
+        _check_stale([c for *_, c in cells])
+        ffinal, fseed = start_metrics(grid.init_from, cells[0][3]), None
+    rows = [{"method": "float", "bits": 32, "seed": fseed, "top1": ffinal["test_top1"], "top5": ffinal["test_top5"]}]
     for name, bits, seed, cfg in cells:
         final = _done(cfg) or train(cfg)
         rows.append({"method": name, "bits": bits, "seed": seed, "top1": final["test_top1"],
@@ -129,6 +144,25 @@ def run_grid(grid: GridConfig) -> list[dict[str, Any]]:
     write_results(grid, rows)
     make_plots(grid, cells, rows)
     return rows
+
+
+def start_metrics(init_from: str, cfg: RunConfig) -> dict[str, float]:
+    """Test accuracy of the float model the cells start from: the recorded accuracy of
+    shipped weights (measured on the full test set, checked by the test suite), or the final
+    metrics of a run directory."""
+    from ..models.pretrained import PREFIX, record
+
+    if init_from.startswith(PREFIX):
+        if cfg.data.test_subset is not None:
+            raise ValueError(f"base.data.test_subset={cfg.data.test_subset}: the shipped weights' accuracy is "
+                             "recorded on the full test set; drop test_subset to compare against it")
+        rec = record(cfg.model.name, init_from[len(PREFIX):])
+        return {"test_top1": rec["test_top1"], "test_top5": rec["test_top5"]}
+    p = Path(init_from) / "metrics.json"
+    if not p.is_file():
+        raise ValueError(f"init_from={init_from}: no metrics.json there (a finished run directory is needed "
+                         "for the float row)")
+    return json.loads(p.read_text())["final"]
 
 
 def make_plots(grid: GridConfig, cells: list[tuple[str, int, int, RunConfig]], rows: list[dict[str, Any]]) -> None:
@@ -143,7 +177,8 @@ def make_plots(grid: GridConfig, cells: list[tuple[str, int, int, RunConfig]], r
     plots.accuracy_vs_bits(rows, out / "accuracy_vs_bits.png")
     low, seed = min(grid.bits), grid.seeds[0]
     shown = [(m, c) for m, b, s, c in cells if b == low and s == seed]
-    plots.training_curves({"float": str(out / "float"), **{f"{m} W{low}A{low}": c.out_dir for m, c in shown}},
+    curves = {} if grid.init_from else {"float": str(out / "float")}
+    plots.training_curves({**curves, **{f"{m} W{low}A{low}": c.out_dir for m, c in shown}},
                           out / "training_curves.png")
     # cells kept as metrics alone (committed without their checkpoints) have no model to draw
     shown = [(m, c) for m, c in shown if (Path(c.out_dir) / "checkpoint.pt").is_file()]
@@ -204,18 +239,27 @@ def write_results(grid: GridConfig, rows: list[dict[str, Any]]) -> None:
     (out / "results.md").write_text(markdown_table(rows) + "\n")
 
 
-def load_grid(path: str | Path, overrides: list[str] | None = None) -> GridConfig:
+def load_grid(path: str | Path, overrides: list[str] | None = None, methods: list[str] | None = None) -> GridConfig:
+    """The grid of a YAML file, with ``--set`` overrides, restricted to ``methods`` if given."""
     data = read_yaml(path, "grid config")
-    return from_dict(GridConfig, apply_overrides(data, list(overrides or [])), "grid")
+    grid = from_dict(GridConfig, apply_overrides(data, list(overrides or [])), "grid")
+    if methods:
+        unknown = [m for m in methods if m not in grid.methods]
+        if unknown:
+            raise ValueError(f"--methods {' '.join(unknown)}: not a method of the grid; "
+                             f"allowed: {', '.join(grid.methods)}")
+        grid = dataclasses.replace(grid, methods={m: grid.methods[m] for m in methods})
+    return grid
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", required=True, help="grid YAML (see configs/compare/)")
     p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override a grid key (repeatable)")
+    p.add_argument("--methods", nargs="+", metavar="NAME", help="run only these methods of the grid")
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = run_grid(load_grid(args.config, args.set))
+    rows = run_grid(load_grid(args.config, args.set, args.methods))
     print()
     print(markdown_table(rows))
     return 0

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The study grids in the order the most telling cells land first (finished cells are skipped,
+# so this continues wherever it stopped): W2A2 seed 0 on both models, the other W2A2 seeds,
+# then W3A3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+R=configs/study/resnet20.yaml
+M=configs/study/mobilenetv2.yaml
+nuq compare --config $R --set bits=[2] --set seeds=[0]
+nuq compare --config $M --set bits=[2] --set seeds=[0] --methods lsq nulsq-a
+nuq compare --config $R --set bits=[2]
+nuq compare --config $M --set bits=[2] --set seeds=[0]
+nuq compare --config $R --set bits=[3] --set seeds=[0]
+nuq compare --config $M --set bits=[2]
+nuq compare --config $R
+nuq compare --config $M
