@@ -1,5 +1,7 @@
 """prepare(): layer swapping on two model families, layer policy, calibration."""
 
+import sys
+
 import pytest
 import torch
 from tests_helpers import needs_data
@@ -214,3 +216,36 @@ def test_w8a8_eval_right_after_prepare_is_close_to_float(method, shipped_and_dat
     with torch.no_grad():
         acc = (q(x).argmax(1) == y).float().mean().item()
     assert acc > ref - 0.03, (acc, ref)
+
+
+def _small_then_bn():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
+    with torch.no_grad():
+        net[0].weight.mul_(1e-3)  # training-mode BatchNorm renormalises this; eval mode with unit stats does not
+    return net
+
+
+def test_untrained_batchnorm_calibrates_on_batch_statistics():
+    """An untrained model trains on batch statistics: calibrating its activation quantizers
+    in eval mode (running stats mean 0, var 1) saw inputs 1000x too small here (and 1e-11 in
+    an untrained EfficientNet-B0, whose first training step then had 1e24 gradients)."""
+    net, x = _small_then_bn(), torch.randn(16, 3, 8, 8)
+    with torch.no_grad():
+        train_input = net[:3].train()(x)  # what the second conv sees in training
+    net = _small_then_bn()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    q = nuq.prepare(net, nuq.QATConfig(weight="lsq", act="lsq", w_bits=4, a_bits=4, first_last="same"), calib=[x])
+    ref = nuq.make_quantizer("lsq", bits=4, signed=False)
+    ref.initialize(train_input.reshape(-1), method="mse")
+    assert torch.allclose(q[3].act_quantizer.step, ref.step, rtol=0.05)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # the input model is untouched
+    assert all(torch.equal(q.state_dict()[k], before[k]) for k in before if "running" in k or "tracked" in k)
+    # a trained model (running statistics measured) still calibrates in eval mode
+    trained = _small_then_bn()
+    with torch.no_grad():
+        trained.train()(x)
+    prep = sys.modules["nuq.prepare"]  # nuq.prepare is the function
+    assert not prep.untrained_batchnorms(trained) and len(prep.untrained_batchnorms(_small_then_bn())) == 2

@@ -56,6 +56,10 @@ def _record_inputs(model: nn.Module, layers: list[tuple[str, nn.Module]], calib:
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers]
     was_training = model.training
     model.eval()
+    fresh = untrained_batchnorms(model)
+    saved = [copy.deepcopy(m.state_dict()) for m in fresh]
+    for m in fresh:
+        m.train()
     try:
         seen = 0
         for x in _batches(calib):
@@ -66,8 +70,29 @@ def _record_inputs(model: nn.Module, layers: list[tuple[str, nn.Module]], calib:
     finally:
         for h in handles:
             h.remove()
+        for m, state in zip(fresh, saved):
+            m.load_state_dict(state)
         model.train(was_training)
     return {n: torch.cat(v) for n, v in samples.items() if v}
+
+
+def untrained_batchnorms(model: nn.Module) -> list[nn.Module]:
+    """BatchNorm layers whose running statistics are still their initial values (mean 0,
+    variance 1, no batch tracked): the model has never been trained.
+
+    Calibration runs such layers on batch statistics, as training will, and restores their
+    buffers afterwards. In eval mode their unit statistics shrink the signal of a deep
+    untrained net by orders of magnitude (torchvision's EfficientNet-B0: layer inputs of
+    ~1e-11 by ``features.5``), the activation quantizers would be calibrated to steps of
+    1e-13, every training input would clip, and the BatchNorms after those constant outputs
+    multiply the gradient by 1/sqrt(eps) each: 1e24 at W8A8 on the first step."""
+    out = []
+    for m in model.modules():
+        if (isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+                and int(m.num_batches_tracked) == 0 and bool((m.running_mean == 0).all())
+                and bool((m.running_var == 1).all())):
+            out.append(m)
+    return out
 
 
 def _build_layer(layer: nn.Module, spec: LayerSpec, cfg: QATConfig, act_signed: bool) -> nn.Module:
