@@ -7,7 +7,6 @@ import torch
 from PIL import Image
 
 from nuq.data import FolderLoader, image_folder, load_dataset, make_loader
-from nuq.data.registry import _DATASETS, register_dataset
 from nuq.runs.config import config_from_dict
 from nuq.train import train
 
@@ -86,20 +85,27 @@ def test_training_on_image_folders(tmp_path):
     root = make_tree(tmp_path / "data", n_train=16, n_val=6)
     raw = {"name": "f", "out_dir": str(tmp_path / "run"), "epochs": 3, "progress": False, "calib_batches": 1,
            "model": {"name": "resnet20", "kwargs": {"width": 4}},
-           "data": {"name": "imagenet", "data_dir": str(root), "batch_size": 8, "eval_batch_size": 6, "workers": 0},
+           "data": {"name": "imagenet", "data_dir": str(root), "batch_size": 8, "eval_batch_size": 6, "workers": 0,
+                    "image_size": 32},
            "optim": {"lr": 0.05}}
-    ds = image_folder(str(root), train=True)
-    assert ds.image_size == 224  # the registry's default; shrink it for a CPU test
-    register_dataset("tiny_folders", lambda data_dir=None, train=True: image_folder(data_dir, train, 32, 36))
-    try:
-        raw["data"]["name"] = "tiny_folders"
-        final = train(config_from_dict(raw))
-        assert final["test_top1"] >= 75  # red vs blue; chance is 50
-        q = train(config_from_dict({**raw, "name": "q", "out_dir": str(tmp_path / "q"), "epochs": 1,
-                                    "init_from": str(tmp_path / "run"), "qat": {"w_bits": 4, "a_bits": 4}}))
-        assert q["test_top1"] >= 75
-    finally:
-        _DATASETS.pop("tiny_folders")
+    assert image_folder(str(root), train=True).image_size == 224  # the default; data.image_size shrinks it
+    final = train(config_from_dict(raw))
+    assert final["test_top1"] >= 75  # red vs blue; chance is 50
+    q = train(config_from_dict({**raw, "name": "q", "out_dir": str(tmp_path / "q"), "epochs": 1,
+                                "init_from": str(tmp_path / "run"), "qat": {"w_bits": 4, "a_bits": 4}}))
+    assert q["test_top1"] >= 75
+
+
+def test_image_size_sets_the_crop_and_is_checked(tmp_path):
+    root = make_tree(tmp_path)
+    ds = load_dataset("imagenet", str(root), train=False, image_size=40)
+    assert (ds.image_size, ds.resize) == (40, 46) and ds.load(0).shape == (3, 40, 40)
+    assert load_dataset("imagenet", str(root), train=True, image_size=40).load(0).shape == (3, 40, 40)
+    with pytest.raises(ValueError, match="data.image_size=32: dataset 'fashion_mnist' has a fixed image size"):
+        load_dataset("fashion_mnist", None, train=False, image_size=32)
+    for bad in (4, "64", True):
+        with pytest.raises(ValueError, match="data.image_size="):
+            config_from_dict({"data": {"image_size": bad}})
 
 
 def test_truncated_jpeg_and_empty_class_are_named(tmp_path):

@@ -32,7 +32,8 @@ def analyze_run(run_dir: str, data_dir: str | None = None, batches: int = 2) -> 
 
     run = load_run(run_dir)
     model, cfg, ckpt = run.model, run.config, run.checkpoint
-    test = load_dataset(cfg.data.name, data_dir or cfg.data.data_dir, train=False).subset(128 * batches, seed=0)
+    test = load_dataset(cfg.data.name, data_dir or cfg.data.data_dir, train=False,
+                        image_size=cfg.data.image_size).subset(128 * batches, seed=0)
     loader = list(make_loader(test, 128, train=False, workers=cfg.data.workers))
     shape = (1, *loader[0][0].shape[1:])
     counts = count_model(model, shape)

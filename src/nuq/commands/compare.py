@@ -185,7 +185,7 @@ def make_plots(grid: GridConfig, cells: list[tuple[str, int, int, RunConfig]], r
     if not shown:
         return
     d = shown[0][1].data
-    test = load_dataset(d.name, d.data_dir, train=False).subset(512, seed=0)
+    test = load_dataset(d.name, d.data_dir, train=False, image_size=d.image_size).subset(512, seed=0)
     batches = list(make_loader(test, 128, train=False))
     ent = {}
     for m, c in shown:

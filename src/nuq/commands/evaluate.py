@@ -21,7 +21,8 @@ def evaluate_run(run_dir: str, data_dir: str | None = None, device: str = "auto"
     run = load_run(run_dir)
     cfg = run.config
     dev = resolve_device(device)
-    test = load_dataset(cfg.data.name, data_dir or cfg.data.data_dir, train=False).subset(cfg.data.test_subset)
+    test = load_dataset(cfg.data.name, data_dir or cfg.data.data_dir, train=False,
+                        image_size=cfg.data.image_size).subset(cfg.data.test_subset)
     with torch.no_grad():
         loader = make_loader(test, cfg.data.eval_batch_size, train=False, workers=cfg.data.workers)
         m = evaluate(run.model.to(dev), loader, dev)

@@ -22,7 +22,8 @@ def _example_input(cfg, in_channels: int, data_dir: str | None, image_size: int 
         return torch.randn(8, in_channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
     from ..data import load_dataset
 
-    test = load_dataset(cfg.data.name, data_dir or cfg.data.data_dir, train=False)
+    test = load_dataset(cfg.data.name, data_dir or cfg.data.data_dir, train=False,
+                        image_size=cfg.data.image_size)
     return test.example_batch(8)
 
 

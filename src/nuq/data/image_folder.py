@@ -142,8 +142,15 @@ def scan_folders(root: Path) -> tuple[list[str], list[int], list[str]]:
 
 
 def image_folder(data_dir: str | None = None, train: bool = True, image_size: int = 224,
-                 resize: int = 256) -> FolderDataset:
-    """The ``train`` or ``val`` split of an ImageNet-style directory."""
+                 resize: int | None = None) -> FolderDataset:
+    """The ``train`` or ``val`` split of an ImageNet-style directory, as ``image_size``
+    square crops: random-resized crops for training, for eval the centre crop of the image
+    resized to ``resize`` on its short side (default: image_size * 256/224, the usual ratio)."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(f"data.image_size={image_size!r}; allowed: an int >= 8")
+    resize = round(image_size * 256 / 224) if resize is None else resize
+    if isinstance(resize, bool) or not isinstance(resize, int) or resize < image_size:
+        raise ValueError(f"resize={resize!r}; allowed: an int >= image_size ({image_size})")
     if data_dir is None:
         raise ValueError("dataset 'imagenet' needs data.data_dir (--data-dir): a folder with train/ and val/ "
                          "class folders")

@@ -54,8 +54,13 @@ class DataConfig:
     flip: bool = True
     #: decoding processes for image-folder datasets (tensor-resident sets ignore it)
     workers: int = 4
+    #: crop size of image-folder datasets (None: 224); tensor datasets refuse it
+    image_size: int | None = None
 
     def __post_init__(self) -> None:
+        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
+                                            or self.image_size < 8):
+            raise ValueError(f"data.image_size={self.image_size!r}; allowed: an int >= 8, or null for the default")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise ValueError(f"data.workers={self.workers!r}; allowed: an int >= 0")
         for k in ("batch_size", "eval_batch_size"):

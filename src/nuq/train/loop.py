@@ -105,8 +105,8 @@ class Trainer:
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
         d = cfg.data
-        train_set = load_dataset(d.name, d.data_dir, train=True).subset(d.train_subset, seed=cfg.seed)
-        test_set = load_dataset(d.name, d.data_dir, train=False).subset(d.test_subset, seed=0)
+        train_set = load_dataset(d.name, d.data_dir, True, d.image_size).subset(d.train_subset, seed=cfg.seed)
+        test_set = load_dataset(d.name, d.data_dir, False, d.image_size).subset(d.test_subset, seed=0)
         self.num_classes, self.in_channels = train_set.num_classes, train_set.in_channels
         # under DDP, data.batch_size is per process and every rank reads its own shard
         self.train_loader = make_loader(train_set, d.batch_size, train=True, seed=cfg.seed, pad=d.pad, flip=d.flip,
