@@ -14,8 +14,9 @@ from nuq.quantizers.levelsets import level_set
 RCF = ["apot", "pot", "uniform"]
 
 
-def reference(x, alpha, levels, signed):
-    """Eq. 7 by brute-force nearest level, Eq. 8 elementwise, STE for x (float64)."""
+def reference(x, alpha, levels, signed, role="activation"):
+    """Eq. 7 by brute-force nearest level, Eq. 8 elementwise with the inside set closed
+    (|W| <= alpha), STE for x: 1 everywhere for weights (Sec. 2.5), 1 inside for activations."""
     v = x / alpha
     lo = -1.0 if signed else 0.0
     c = v.clamp(lo, 1.0)
@@ -24,7 +25,8 @@ def reference(x, alpha, levels, signed):
     above = torch.ones_like(v)
     below = torch.full_like(v, -1.0 if signed else 0.0)  # unsigned: clip at 0 does not depend on alpha
     dalpha = torch.where(inside, proj - v, torch.where(v > 1, above, below))
-    return alpha * proj, inside.to(x.dtype), dalpha
+    dx = torch.ones_like(v) if role == "weight" else inside.to(x.dtype)
+    return alpha * proj, dx, dalpha
 
 
 def make(name, bits, signed, alpha, **kw):
@@ -39,14 +41,19 @@ def make(name, bits, signed, alpha, **kw):
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
 @pytest.mark.parametrize("signed", [False, True])
 @pytest.mark.parametrize("mode", MODES)
-def test_forward_and_gradients_match_eq7_eq8(name, bits, signed, mode):
+@pytest.mark.parametrize("role", ["activation", "weight"])
+def test_forward_and_gradients_match_eq7_eq8(name, bits, signed, mode, role):
     alpha = 0.83
-    q = make(name, bits, signed, alpha)
-    x = (torch.randn(4000, dtype=torch.float64) * 0.7).requires_grad_()
+    if role == "weight" and not signed:
+        pytest.skip("weights are signed")
+    q = make(name, bits, signed, alpha, role=role)
+    x = torch.randn(4000, dtype=torch.float64) * 0.7
+    x[:4] = torch.tensor([alpha, -alpha, 0.0, 2 * alpha], dtype=torch.float64)  # the boundaries of Eq. 8
+    x.requires_grad_()
     g = torch.randn(4000, dtype=torch.float64)
     y = run_quantizer(q, x, mode)
     (y * g).sum().backward()
-    ry, rdx, rda = reference(x.detach(), alpha, level_set(name, bits, signed), signed)
+    ry, rdx, rda = reference(x.detach(), alpha, level_set(name, bits, signed), signed, role)
     torch.testing.assert_close(y.detach(), ry, atol=1e-12, rtol=0)
     torch.testing.assert_close(x.grad, g * rdx, atol=0, rtol=0)
     torch.testing.assert_close(q.alpha.grad, (g * rda).sum(), atol=1e-9, rtol=1e-9)

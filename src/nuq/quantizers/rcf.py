@@ -19,9 +19,15 @@ Forward, RCF (Eq. 7)::
 with Pi the projection onto the nearest level of Q(1, b). Backward (Eq. 8, derived in
 Appendix A.2; STE for Pi)::
 
-    dQ/dalpha = Pi(x/alpha) - x/alpha  inside (lo < x/alpha <= 1),  sign(x) above/below
+    dQ/dalpha = Pi(x/alpha) - x/alpha  inside (lo <= x/alpha <= 1),  sign(x) above/below
                 (0 below for unsigned: clip(x/alpha, 0, 1) = 0 does not depend on alpha)
-    dQ/dx     = 1 inside, 0 outside
+    dQ/dx     = 1 for weights (Sec. 2.5: dW^/dW~ = 1, outliers included);
+                1 inside, 0 outside for activations
+
+The inside set is closed at both ends for every level set, as Eq. 8 writes it (|W| <= alpha):
+x = alpha, x = -alpha (signed) and x = 0 (unsigned) are inside. At those points the two
+branches of Eq. 8 give the same alpha gradient except at +-alpha, where inside gives
+Pi(1) - 1 = 0 and the clipped branch would give sign(x).
 
 summed over the elements that share alpha (times 1/sqrt(N*Qp) with ``grad_scale="lsq"``).
 
@@ -31,21 +37,20 @@ activations it makes the quantizer depend on the batch (``dynamic``).
 
 Implementation: no distance matrix and no binary search on the hot path. Every element is
 mapped to an integer *cell* with two or three elementwise ops, and a small per-cell table
-(built once, exactly, in float64) gives the level and whether the cell lies inside the
-clipping range:
+(built once, exactly, in float64) gives its level (the backward compares x with alpha for
+the inside set):
 
 * ``uniform``/``apot``: the raw levels are dyadic rationals, so every threshold (midpoint)
   and both range ends fall on a uniform grid in x/alpha; cell = floor((1 - x/alpha) * K + 1)
   clamped (one ``addcmul``, a clamp and a float->int cast). Cells are half-open (a, b] in
-  x/alpha: ties go to the lower level and x = alpha counts as inside, x = lo*alpha as
-  outside (as in LSQ).
+  x/alpha: ties go to the lower level.
 * ``pot``: the thresholds of a power-of-two set are 1.5 * 2^e, 2^e at the ends, so the cell is
   the float's sign, exponent and top mantissa bit (a shift of its bit pattern). Ties round
-  away from zero and |x| = alpha counts as clipped.
+  away from zero.
 * ``lloyd`` (arbitrary levels): ``binsearch.count_le`` (bucketize, right=False) on [lo, midpoints, 1].
 
-The backward pass gathers the per-cell tables at the saved cell (int16 when it fits) and
-needs no recomputation of x/alpha: sum(g * Pi * 1) - sum(g * x * inside) / alpha.
+The backward pass gathers the level table at the saved cell (int16 when it fits) and
+needs no recomputation of x/alpha: sum(g * Pi) - sum(g * x * inside) / alpha.
 
 Initialisation (``initialize(x, method)``): ``mse`` (threshold minimising the quantization
 MSE, ``init.mse_search``), ``lsq`` (the range of an LSQ quantizer at the same bit width,
@@ -97,8 +102,8 @@ class _RCFFunction(torch.autograd.Function):
     """Gather of the per-cell level table with the Eq. 8 backward (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, alpha: Tensor, key: Tensor, lut_val: Tensor, lut_ins: Tensor,  # type: ignore[override]
-                gscale: float, small_key: bool) -> Tensor:
+    def forward(ctx, x: Tensor, alpha: Tensor, key: Tensor, lut_val: Tensor, lo: float,  # type: ignore[override]
+                gscale: float, small_key: bool, pass_all: bool) -> Tensor:
         ct = compute_dtype(x)
         a = alpha.to(ct)
         flat = key.reshape(-1)
@@ -108,18 +113,18 @@ class _RCFFunction(torch.autograd.Function):
             y = (lut_val * a).index_select(0, flat).view(x.shape)
         else:
             y = lut_val.index_select(0, flat).view(x.shape).mul_(a.view((-1,) + (1,) * (x.dim() - 1)))
-        ctx.save_for_backward(x, alpha, key.to(torch.int16) if small_key else key, lut_val, lut_ins)
-        ctx.gscale = gscale
+        ctx.save_for_backward(x, alpha, key.to(torch.int16) if small_key else key, lut_val)
+        ctx.gscale, ctx.lo, ctx.pass_all = gscale, lo, pass_all
         return y.to(x.dtype)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
-        x, alpha, key, lut_val, lut_ins = ctx.saved_tensors
+        x, alpha, key, lut_val = ctx.saved_tensors
         flat = key.reshape(-1)
         if flat.dtype == torch.int16:
             flat = flat.to(torch.int32)
-        ins = lut_ins.to(g.dtype).index_select(0, flat).view(g.shape)
-        grad_x = g * ins
+        ins = _inside(x, alpha, ctx.lo)
+        gin = torch.where(ins, g, 0)
         grad_a = None
         if ctx.needs_input_grad[1]:
             ct = compute_dtype(x)
@@ -127,9 +132,9 @@ class _RCFFunction(torch.autograd.Function):
             g32 = g.to(ct)
             # Eq. 8 summed: sum g*Pi(x/alpha) - sum g*1[inside]*x / alpha  (Pi = +-1 or 0 outside)
             proj = _rowdot(g32, lut_val.index_select(0, flat).view(g.shape), per_channel)
-            lin = _rowdot(grad_x.to(ct), x.to(ct), per_channel)
+            lin = _rowdot(gin.to(ct), x.to(ct), per_channel)
             grad_a = ((proj - lin / alpha.to(ct)) * ctx.gscale).to(alpha.dtype)
-        return grad_x, grad_a, None, None, None, None, None
+        return g if ctx.pass_all else gin, grad_a, None, None, None, None, None, None
 
 
 class _RCFUnrolledFunction(torch.autograd.Function):
@@ -138,22 +143,23 @@ class _RCFUnrolledFunction(torch.autograd.Function):
     compiled loops stay vectorised (a table gather would not) and save one byte per element."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, alpha: Tensor, cell: Tensor, table: Tensor, top: int, gscale: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, alpha: Tensor, cell: Tensor, table: Tensor, top: int, gscale: float,  # type: ignore[override]
+                lo: float, pass_all: bool) -> Tensor:
         ct = compute_dtype(x)
         a = alpha.to(ct)
-        lvl, _ = _unrolled_level(cell, top)
+        lvl = _unrolled_level(cell, top)
         if alpha.dim() == 0:
             y = unrolled.take(table.to(ct) * a, lvl)
         else:
             y = unrolled.take(table.to(ct), lvl) * a.view((-1,) + (1,) * (x.dim() - 1))
         ctx.save_for_backward(x, alpha, cell, table)
-        ctx.top, ctx.gscale = top, gscale
+        ctx.top, ctx.gscale, ctx.lo, ctx.pass_all = top, gscale, lo, pass_all
         return y.to(x.dtype)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         x, alpha, cell, table = ctx.saved_tensors
-        lvl, ins = _unrolled_level(cell, ctx.top)
+        lvl, ins = _unrolled_level(cell, ctx.top), _inside(x, alpha, ctx.lo)
         grad_x = torch.where(ins, g, 0)
         grad_a = None
         if ctx.needs_input_grad[1]:
@@ -168,14 +174,24 @@ class _RCFUnrolledFunction(torch.autograd.Function):
             else:
                 s1, s2 = w1.sum(), w2.sum()
             grad_a = ((s1 - s2 / alpha.to(ct)) * ctx.gscale).to(alpha.dtype)
-        return grad_x, grad_a, None, None, None, None
+        return g if ctx.pass_all else grad_x, grad_a, None, None, None, None, None, None
 
 
-def _unrolled_level(cell: Tensor, top: int) -> tuple[Tensor, Tensor]:
-    """(level index, inside flag) from cell = number of [lo, midpoints, 1] below x/alpha
-    (cells are (a, b]: ties go to the lower level, x = alpha is inside, x = lo*alpha outside)."""
-    c = cell.to(torch.int32)
-    return (c - 1).clamp(0, top), (c >= 1) & (c <= top + 1)
+def _unrolled_level(cell: Tensor, top: int) -> Tensor:
+    """Level index from cell = number of [lo, midpoints, 1] below x/alpha (cells are (a, b]:
+    ties go to the lower level)."""
+    return (cell.to(torch.int32) - 1).clamp(0, top)
+
+
+def _inside(x: Tensor, alpha: Tensor, lo: float) -> Tensor:
+    """Eq. 8's inside set, closed at both ends: lo * alpha <= x <= alpha (|W| <= alpha for
+    weights; 0 <= x <= alpha for unsigned activations), the same for every level set."""
+    ct = compute_dtype(x)
+    a = alpha.to(ct)
+    if a.dim() == 1:
+        a = a.view((-1,) + (1,) * (x.dim() - 1))
+    xc = x.to(ct)
+    return (xc <= a) & (xc >= a * lo)
 
 
 CLIPS = ("learned", "max")
@@ -224,7 +240,7 @@ class RCFQuantizer(Quantizer):
         return self.unsigned_raw(self.bits)
 
     def _build_lut(self, raw: Tensor) -> None:
-        """Per-cell level index and inside flag (int32 / bool buffers, exact in float64)."""
+        """Per-cell level index (an int32 buffer, exact in float64)."""
         table = raw / raw.max()
         mids = (table[1:] + table[:-1]) / 2
         lo, hi, n = self._lo, 1.0, table.numel()
@@ -240,10 +256,9 @@ class RCFQuantizer(Quantizer):
                 j = torch.arange(int(self._zmax) + 1, dtype=torch.float64)
                 rep = hi - (j - 0.5) / k  # centre of cell j in x/alpha
                 idx = torch.bucketize(rep, mids)
-                ins = (j >= 1) & (j < self._zmax)
                 idx[0], idx[-1] = n - 1, 0
         if kind == "bits":
-            idx_parts, ins_parts = [], []
+            idx_parts = []
             for dt in (torch.float32, torch.float64):
                 ebits, _ = _FLOAT_BITS[dt]
                 key = torch.arange(2 ** (ebits + 2))
@@ -255,19 +270,15 @@ class RCFQuantizer(Quantizer):
                 sub = torch.ldexp(0.25 + 0.5 * m, torch.full_like(m, 1 - bias))
                 rep = torch.where(ex == 0, sub, torch.where(ex == 2**ebits - 1, math.inf, normal)) * sign
                 idx_parts.append(torch.bucketize(rep, mids))
-                ins_parts.append((rep > lo) & (rep < hi))
             self._f32_cells = idx_parts[0].numel()
-            idx, ins = torch.cat(idx_parts), torch.cat(ins_parts)
+            idx = torch.cat(idx_parts)
         if kind == "search":
             idx = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(n), torch.full((1,), n - 1)])
-            ins = torch.ones(n + 2, dtype=torch.bool)
-            ins[0] = ins[-1] = False
         self._kind = kind
         # compiled passes search x/alpha among [lo, midpoints, 1] (pot keeps its own tie rules)
         self._unroll = kind != "bits" and n + 1 <= unrolled.MAX_UNROLLED
         self._small_key = idx.numel() <= 2**15
         self.register_buffer("_lut_idx", idx.to(torch.int32), persistent=False)
-        self.register_buffer("_lut_ins", ins, persistent=False)
 
     # --- projection -----------------------------------------------------------------
     def effective_alpha(self) -> Tensor:
@@ -320,11 +331,17 @@ class RCFQuantizer(Quantizer):
             with torch.no_grad():
                 cell = unrolled.count_le(xc / a, self._search_bounds(xc.dtype), right=False).to(torch.uint8)
             return _RCFUnrolledFunction.apply(x, self.effective_alpha(), cell, self.table, self.table.numel() - 1,
-                                              self.grad_scale_factor(x))
+                                              self.grad_scale_factor(x), self._lo, self.pass_all)
         key = self._cells(xc.detach(), a.detach())
         lut_val = self.table.to(xc.dtype).index_select(0, self._lut_idx)
-        return _RCFFunction.apply(x, self.effective_alpha(), key, lut_val, self._lut_ins,
-                                  self.grad_scale_factor(x), self._small_key)
+        return _RCFFunction.apply(x, self.effective_alpha(), key, lut_val, self._lo,
+                                  self.grad_scale_factor(x), self._small_key, self.pass_all)
+
+    @property
+    def pass_all(self) -> bool:
+        """APoT Sec. 2.5: the weights' STE is dW^/dW~ = 1, also for weights outside +-alpha
+        (activations: 1 inside, 0 outside, as for PACT's clipping)."""
+        return self.role == "weight"
 
     @torch.no_grad()
     def _fake(self, x: Tensor, a: Tensor) -> Tensor:
