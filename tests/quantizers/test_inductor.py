@@ -52,5 +52,6 @@ def test_compiled_model_matches_eager_and_fuses(name):
     for k in gp1:
         torch.testing.assert_close(gp2[k], gp1[k], rtol=2e-3, atol=2e-3, msg=k)
     src = "\n".join(code)
-    if name != "lcq":  # LCQ's [K x levels] key space keeps index_add_ (see lcq.py)
-        assert not [op for op in OPAQUE if op in src], f"{name}: opaque kernels in the compiled graph"
+    assert not [op for op in OPAQUE if op in src], f"{name}: opaque kernels in the compiled graph"
+    if name == "lcq":  # its passes are custom operators called from inside the one graph (lcq.py)
+        assert "nuq.lcq_quantize" in src and "nuq.lcq_backward" in src
