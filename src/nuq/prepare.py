@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
+from .nn.batchnorm import exact_batchnorm
 from .nn.layers import QuantConv2d, QuantLinear
 from .nn.transforms import make_transform
 from .nn.walk import float_layers, named_quantizers, quant_layers, set_module
@@ -165,6 +166,7 @@ def prepare(model: nn.Module, config: QATConfig, calib: Iterable | None = None, 
         _init_act_quantizers(model, inputs, "mse" if config.a_init == "auto" else config.a_init)
         if any(m.weight_transform is not None for _, m in quant_layers(model)):
             reestimate_batchnorm(model, calib)
+    exact_batchnorm(model)
     broadcast_quantizers(model)
     return model
 

@@ -6,15 +6,19 @@ behind an activation module. Weights whose level table is exactly integers ``k``
 float32 scale ``s`` (LSQ, minmax, PACT-style grids, APoT's sums of powers of two) are
 stored as int8/uint8 ``k`` and a ``DequantizeLinear`` (per tensor or per output channel);
 other tables (nuLSQ, LCQ, Lloyd) as float constants holding the level values -- either way
-the decoded weights, bit for bit. BatchNorm stays a separate node (not folded), so the file
-shows the weights' own levels.
+the decoded weights, bit for bit. BatchNorm is not folded into the weights, so the file
+shows the weights' own levels; it is written as ``Mul(a, x) -> Add(b, .)``, the eval
+arithmetic of the prepared model's BatchNorms (:mod:`nuq.nn.batchnorm`), not as a
+BatchNormalization node, which ONNX Runtime rounds differently.
 
 Layers whose weight *and* activation tables are integer grids -- the ones PyTorch's eval
 mode already computes on integers (:mod:`nuq.nn.integer_eval`) -- are written as integer
 codes into a float convolution: ``Round(Clip(x / s)) -> Conv(codes, int8 weights) -> Mul ->
 Add`` (:mod:`nuq.export.onnx_integer`). Their sums are exact in both runtimes, whatever
-the order, so those layers give the same bits as PyTorch at every optimisation level
-(BatchNormalization, a separate node, may differ in the last bit). The other layers
+the order, so those layers, and with them whole models of such layers (the BatchNorms'
+multiply and add are the same IEEE operations in both), give the same bits as PyTorch at
+every optimisation level; pooling, whose float sums each runtime orders its own way, can
+still move an input of the next quantizer across a threshold. The other layers
 (non-uniform tables) keep a float convolution and the activation paths below:
 
 * uniform activation quantizers -- whose table is ``s * k`` for consecutive integers k and
@@ -333,8 +337,8 @@ def to_onnx(model: nn.Module, example_input: Tensor, path: str | Path, opset: in
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="It is recommended that constant folding")
-        # PRESERVE (the model is in eval mode): BatchNorm stays a node instead of being
-        # folded into the weights, so the file holds the weights' level values / codes
+        # PRESERVE (the model is in eval mode): BatchNorm is not folded into the weights,
+        # so the file holds the weights' level values / codes
         torch.onnx.export(emodel, (x,), buf, dynamo=False, opset_version=opset, input_names=["input"],
                           output_names=["output"], dynamic_axes=axes, do_constant_folding=True,
                           training=torch.onnx.TrainingMode.PRESERVE)

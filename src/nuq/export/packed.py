@@ -45,6 +45,7 @@ from torch import nn
 from .. import __version__
 from ..config_utils import to_dict
 from ..models import create_model
+from ..nn.batchnorm import exact_batchnorm
 from ..nn.layers import QuantConv2d, QuantLinear
 from ..nn.walk import named_quantizers, quant_layers, set_module
 from ..quantizers import Quantizer
@@ -318,4 +319,4 @@ def load_packed(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     load_strict(model, _with_implied(model.state_dict(), state), f"packed file {path}")
     for name, lv in tables.items():
         model.get_submodule(name).weight_quantizer = WeightTable(lv)
-    return model.eval()
+    return exact_batchnorm(model).eval()  # the BatchNorm arithmetic of the prepared model
