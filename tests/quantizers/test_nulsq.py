@@ -8,7 +8,7 @@ import torch
 from tests_helpers import MODES, run_quantizer
 
 import nuq
-from nuq.quantizers.nulsq import _search_cpu, nearest_level
+from nuq.quantizers.nulsq import _search_cpu, midpoints, nearest_level
 
 
 def make(bits, signed, grad_scale=None, steps=None, dtype=torch.float64):
@@ -43,10 +43,9 @@ def ref_nulsq(x, pos, neg):
         cn.append(cn[-1] + s)
     ys, dxs, dps, dns = [], [], [], []
     for xi in x.tolist():
-        # sigma(0) = 1 on the positive side; a negative threshold is crossed strictly
-        # (round half up, like LSQ's reference in test_lsq.py)
+        # sigma(0) = 1 on both sides (exact ties: test_ties_round_away_from_zero)
         y = sum(s for n, s in enumerate(pos, 1) if xi - c[n] + s / 2 >= 0)
-        y -= sum(s for n, s in enumerate(neg, 1) if -xi - cn[n] + s / 2 > 0)
+        y -= sum(s for n, s in enumerate(neg, 1) if -xi - cn[n] + s / 2 >= 0)
         ys.append(y)
         dxs.append(1.0 if -cn[-1] < xi <= c[-1] else 0.0)
         dp = []
@@ -144,7 +143,7 @@ def test_cpu_search_equals_bucketize():
         ref = torch.bucketize(x, thr, right=True)
         assert torch.equal((_search_cpu(x, thr, bits) ^ (2**bits - 1)).long(), ref)
         k, table, _ = nearest_level(x, lv, bits)
-        assert torch.equal(table[k], lv[ref])
+        assert torch.equal(table[k], lv[torch.bucketize(x, midpoints(lv), right=True)])
 
 
 @pytest.mark.parametrize("bits", [2, 5, 8])
@@ -342,3 +341,23 @@ def test_bucketize_path_matches_cpu_search(monkeypatch):
         monkeypatch.undo()
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", MODES)
+def test_ties_round_away_from_zero(bits, dtype, mode):
+    """Eq. 5 with sigma(0) = 1 on both sides: a value exactly on a threshold takes the level
+    away from zero, so with mirrored steps Q(-x) = -Q(x) holds at the ties too."""
+    gen = torch.Generator().manual_seed(bits)
+    pos, _ = random_steps(bits, True, gen)
+    neg = pos + [0.37]  # the negative side mirrors the positive one, plus its extra level
+    q = make(bits, True, steps=(pos, neg), dtype=dtype)
+    lv = q.levels().to(dtype)
+    thr = (lv[1:] + lv[:-1]) * 0.5
+    y = run_quantizer(q, thr.clone(), mode).detach()
+    away = torch.where(thr > 0, lv[1:], lv[:-1])
+    assert torch.equal(y, away)
+    top = thr[thr > 0]
+    assert torch.equal(run_quantizer(q, -top, mode).detach(), -run_quantizer(q, top, mode).detach())
+    assert torch.equal(q.decode(q.encode(thr)), away)

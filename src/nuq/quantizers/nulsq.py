@@ -9,8 +9,12 @@ with c_k = s_1 + ... + s_k (c'_k likewise), i.e. x is rounded to the nearest of 
 -c'_Qn < ... < -c'_1 < 0 < c_1 < ... < c_Qp and clipped at the outer ones. Unsigned
 (activations): ``steps`` [2^b - 1], no negative side. Signed (weights): ``steps_pos``
 [2^(b-1) - 1] and ``steps_neg`` [2^(b-1)], each ordered from zero outward (2-bit:
-{-s'1-s'2, -s'1, 0, s1}). A value exactly on a threshold rounds up (towards +inf), as
-``torch.bucketize(..., right=True)`` does; NaN maps to the top level, as there.
+{-s'1-s'2, -s'1, 0, s1}). A value exactly on a threshold rounds away from zero on both
+sides: Eq. 5 with one convention, sigma(0) = 1, for the positive terms sigma(x - ...) and
+the negative terms sigma(-x - ...) alike, so that Q(-x) = -Q(x) wherever the two sides have
+the same steps. The searches count thresholds <= x (``torch.bucketize(..., right=True)``)
+and get this by moving every negative threshold up by one ulp (``midpoints``): x >= t' iff
+x > t. NaN maps to the top level.
 
 Backward (supplement Eq. 10-11; the negative side is their mirror image, derived again
 from Eq. 5 because the extracted Eq. 12-13 have an index slip): for x in the step interval
@@ -53,12 +57,20 @@ def level_table(pos: Tensor, neg: Tensor | None) -> Tensor:
     return torch.cat(parts)
 
 
+def midpoints(lv: Tensor) -> Tensor:
+    """The thresholds between adjacent levels, negative ones moved up by one ulp so that
+    counting thresholds <= x sends a tie away from zero on both sides (module docstring)."""
+    thr = (lv[1:] + lv[:-1]) * 0.5
+    return torch.where(thr < 0, torch.nextafter(thr, torch.zeros_like(thr)), thr)
+
+
 def nearest_level(xf: Tensor, lv: Tensor, bits: int, search: bool | None = None) -> tuple[Tensor, Tensor, bool]:
     """Nearest level of a flat contiguous x: (k int32, table, flipped) with ``table[k]``
     the level and ``k ^ (2^bits - 1) if flipped else k`` its index in ``lv``, i.e. the
     number of midpoints ``(lv[i] + lv[i+1]) / 2`` that are <= x (``torch.bucketize(...,
-    right=True)``). ``search``: use the branch-free search (default: on CPU)."""
-    thr = (lv[1:] + lv[:-1]) * 0.5
+    right=True)``; see ``midpoints`` for ties). ``search``: use the branch-free search
+    (default: on CPU)."""
+    thr = midpoints(lv)
     if search is None:
         search = xf.device.type == "cpu"
     if not search:
@@ -72,7 +84,7 @@ def level_search(xf: Tensor, lv: Tensor, bits: int, search: bool | None = None) 
     bin-table search (``binsearch``), a constant number of passes at any bit width."""
     if search is None:
         search = xf.device.type == "cpu"
-    thr = (lv[1:] + lv[:-1]) * 0.5
+    thr = midpoints(lv)
     if unrolled.unrolled(thr.numel()):  # compiled: comparisons and selects, one fused loop
         k = unrolled.count_le(xf, thr)
         return k.to(torch.uint8), unrolled.take(lv.to(xf.dtype), k)
