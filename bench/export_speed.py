@@ -1,8 +1,8 @@
 """ONNX Runtime latency of exported quantized models against the same model's float export.
 
-The shipped float ResNet-20 (Fashion-MNIST) is prepared with each method at W2A2 and W4A4
-(8-bit first/last layers, calibrated on 256 test images; no training: the graph, not the
-accuracy, sets the latency), exported with ``to_onnx``, and every session runs in one
+The shipped float ResNet-20 (or ``--model mobilenetv2``; Fashion-MNIST) is prepared with each
+method at W2A2 and W4A4 (8-bit first/last layers, calibrated on 256 test images; no
+training: the graph, not the accuracy, sets the latency), exported with ``to_onnx``, and every session runs in one
 interleaved loop at batch 1 and 64 with ONNX Runtime's default optimisations and
 ``--threads`` intra-op threads (default 2, the machine's default; thread spinning off, so
 that one session's idle workers do not slow the next). Printed: median latency
@@ -10,7 +10,8 @@ of the float model, each quantized model as a ratio to it, the ONNX and packed f
 and, on the full Fashion-MNIST test set, the largest logit difference between ONNX Runtime
 and PyTorch and their top-1 agreement.
 
-    python bench/export_speed.py [--methods lsq nulsq ...] [--bits 2 4] [--rounds 30] [--profile lsq]
+    python bench/export_speed.py [--model mobilenetv2] [--methods lsq nulsq ...] [--bits 2 4] [--rounds 30]
+                                 [--profile lsq]
 """
 
 from __future__ import annotations
@@ -89,10 +90,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--profile", nargs="*", default=[], help="print the op-type time shares of these candidates")
+    ap.add_argument("--model", default="resnet20", choices=["resnet20", "mobilenetv2"],
+                    help="which shipped float model to quantize (MobileNetV2: width 0.5)")
     args = ap.parse_args()
     test = load_dataset("fashion_mnist", None, train=False)
     images = test.normalize(test.images[:256])
-    model = nuq.create_model("resnet20", num_classes=10, in_channels=1, pretrained="fashion_mnist").eval()
+    model = nuq.create_model(args.model, num_classes=10, in_channels=1, pretrained="fashion_mnist").eval()
     files = {"float": onnx_bytes(model, images[:8])}
     packed, agreement = {}, {}
     full = test.normalize(test.images)
@@ -105,7 +108,8 @@ def main() -> None:
             agreement[name] = agree(q, files[name], full, args.threads)
             with tempfile.TemporaryDirectory() as tmp:
                 packed[name] = save_packed(q, Path(tmp) / "m.nuq.safetensors")["bytes"]
-    print(f"ONNX Runtime {ort.__version__}, {args.threads} intra-op threads, ResNet-20 width 16, 1x28x28; "
+    shown = {"resnet20": "ResNet-20 width 16", "mobilenetv2": "MobileNetV2 width 0.5"}[args.model]
+    print(f"ONNX Runtime {ort.__version__}, {args.threads} intra-op threads, {shown}, 1x28x28; "
           f"median of {args.rounds} interleaved rounds")
     results = {}
     for b in args.batches:
