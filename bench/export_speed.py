@@ -78,7 +78,8 @@ def agree(model: torch.nn.Module, data: bytes, x: torch.Tensor, threads: int) ->
     """(max |logit difference|, top-1 agreement in %) of ONNX Runtime against PyTorch on ``x``."""
     sess = session(data, threads)
     got = torch.cat([torch.from_numpy(sess.run(None, {"input": b.numpy()})[0]) for b in x.split(1000)])
-    ref = torch.cat([model(b) for b in x.split(1000)])
+    with torch.no_grad():
+        ref = torch.cat([model(b) for b in x.split(1000)])
     return float((got - ref).abs().max()), 100.0 * float((got.argmax(1) == ref.argmax(1)).float().mean())
 
 
@@ -90,6 +91,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--profile", nargs="*", default=[], help="print the op-type time shares of these candidates")
+    ap.add_argument("--agree-images", type=int, default=None,
+                    help="test images for the agreement columns (default: all 10k)")
     ap.add_argument("--model", default="resnet20", choices=["resnet20", "mobilenetv2"],
                     help="which shipped float model to quantize (MobileNetV2: width 0.5)")
     args = ap.parse_args()
@@ -98,7 +101,7 @@ def main() -> None:
     model = nuq.create_model(args.model, num_classes=10, in_channels=1, pretrained="fashion_mnist").eval()
     files = {"float": onnx_bytes(model, images[:8])}
     packed, agreement = {}, {}
-    full = test.normalize(test.images)
+    full = test.normalize(test.images[: args.agree_images])
     for bits in args.bits:
         for m in args.methods:
             cfg = nuq.QATConfig(weight=WEIGHT_OF.get(m, m), act=m, w_bits=bits, a_bits=bits)
