@@ -117,7 +117,7 @@ class QDQAct(nn.Module):
         self.dtype = int_dtype(kmin, kmax)
         self.recip = table.rounding == "recip"
         self.register_buffer("scale", scale.reshape(()).clone())
-        self.register_buffer("inv", 1.0 / self.scale)
+        self.register_buffer("inv", (table.inv if table.inv is not None else 1.0 / self.scale).reshape(()).float())
         self.register_buffer("lo", table.levels[0].clone())
         self.register_buffer("hi", table.levels[-1].clone())
         self.register_buffer("kmin", torch.tensor(float(kmin)))

@@ -128,7 +128,8 @@ def integer_act(q: Quantizer, table, name: str) -> IntegerAct | None:
     consecutive = torch.equal(ints, torch.arange(int(ints[0]), int(ints[0]) + ints.numel()))
     if table.grid is not None and consecutive and torch.equal(table.grid[0], scale):
         if table.rounding == "recip":
-            return IntegerAct("recip", ints, scale, inv=(1.0 / scale).reshape(()))
+            inv = table.inv if table.inv is not None else 1.0 / scale
+            return IntegerAct("recip", ints, scale, inv=inv.reshape(()).float())
         if table.rounding == "div":
             return IntegerAct("div", ints, scale, levels=table.levels)
     return IntegerAct("lookup", ints, scale, thresholds=table.thresholds.clone())

@@ -87,12 +87,15 @@ class ActTable:
     every float32 x, ``rounding`` saying which: ``"div"`` -- round(clip(x, lo, hi) / s) * s,
     what ONNX QuantizeLinear computes; ``"recip"`` -- round(clip(x * (1/s), kmin, kmax)) * s,
     what PyTorch's fake-quantize kernels compute (they multiply by the float32 reciprocal,
-    which differs from dividing for about one input in 10^7, next to the rounding ties)."""
+    which differs from dividing for about one input in 10^7, next to the rounding ties), or
+    with ``inv`` another multiplier: DoReFa rounds x * (2^b - 1) and scales by the float32
+    1/(2^b - 1), whose own reciprocal is not 2^b - 1 exactly."""
 
     levels: Tensor
     thresholds: Tensor
     grid: tuple[Tensor, int, int] | None
     rounding: str | None = None
+    inv: Tensor | None = None  #: the multiplier of "recip" rounding (default 1/s)
 
 
 def _lookup(x: Tensor, levels: Tensor, thresholds: Tensor) -> Tensor:
@@ -148,13 +151,18 @@ def activation_table(q: Quantizer, name: str = "act_quantizer") -> ActTable:
         raise ValueError(f"{name}: the output of the {qc.method} quantizer depends on the rest of the batch "
                          "(a dynamic observer?); only elementwise quantizers can be exported")
     grid = uniform_grid(lv)
-    rounding = None
+    rounding, inv = None, None
     if grid is not None:
         s, kmin, kmax = grid
         if torch.equal(qdq_reference(probe, s, lv[0], lv[-1]), out):
             rounding = "div"
-        elif torch.equal(recip_reference(probe, 1.0 / s, kmin, kmax, s), out):
-            rounding = "recip"
         else:
-            grid = None  # uniform outputs but thresholds elsewhere than at the midpoints (N2UQ)
-    return ActTable(lv, thr, grid, rounding)
+            # the reciprocal of the step (PyTorch's fake-quantize), or the integer it rounds to
+            # (DoReFa's round(x * (2^b - 1)) with levels k * fl(1 / (2^b - 1)))
+            for m in dict.fromkeys([float(1.0 / s), float(torch.round(1.0 / s))]):
+                if m > 0 and torch.equal(recip_reference(probe, torch.tensor(m), kmin, kmax, s), out):
+                    rounding, inv = "recip", torch.tensor(m)
+                    break
+            else:
+                grid = None  # uniform outputs but thresholds elsewhere than at the midpoints (N2UQ)
+    return ActTable(lv, thr, grid, rounding, inv)
