@@ -1,5 +1,7 @@
 """prepare(): layer swapping on two model families, layer policy, calibration."""
 
+import copy
+import importlib.util
 import sys
 
 import pytest
@@ -146,14 +148,18 @@ def test_activation_init_uses_float_model_inputs():
     assert out.std(0).mean() > 1e-3  # outputs depend on the input
 
 
-class _AttnNet(torch.nn.Module):
-    """nn.MultiheadAttention hands out_proj.weight to a functional; ``side`` is used the same way."""
+class _OwnMHA(torch.nn.MultiheadAttention):
+    """A subclass: split_attention leaves it alone, so its out_proj never runs as a module."""
 
-    def __init__(self):
+
+class _AttnNet(torch.nn.Module):
+    """Attention, and ``side`` whose weight a functional reads."""
+
+    def __init__(self, mha=torch.nn.MultiheadAttention):
         super().__init__()
         nn_ = torch.nn
         self.inp, self.fc, self.side = nn_.Linear(8, 16), nn_.Linear(16, 4), nn_.Linear(16, 16)
-        self.attn = nn_.MultiheadAttention(16, 2, batch_first=True)
+        self.attn = mha(16, 2, batch_first=True)
 
     def forward(self, x):
         h = self.inp(x)
@@ -163,7 +169,7 @@ class _AttnNet(torch.nn.Module):
 
 
 def test_layers_that_never_run_are_refused_by_name():
-    model, calib = _AttnNet(), [torch.randn(4, 5, 8)]
+    model, calib = _AttnNet(_OwnMHA), [torch.randn(4, 5, 8)]
     with pytest.raises(ValueError, match=r"attn\.out_proj are never called as modules.*skip=\['attn.out_proj'\]"):
         nuq.prepare(model, nuq.QATConfig())  # known owner: refused even without calibration data
     with pytest.raises(ValueError, match=r"attn\.out_proj, side are never called"):
@@ -173,6 +179,37 @@ def test_layers_that_never_run_are_refused_by_name():
     y = q.eval()(calib[0])
     q.inp.act_quantizer.range.mul_(3)  # the first layer (8-bit minmax)
     assert not torch.equal(q(calib[0]), y)
+
+
+def test_multihead_attention_is_split_and_quantized(tmp_path):
+    """nn.MultiheadAttention becomes four Linear projections that run (same float function),
+    each quantized; training moves their quantizers, and the packed file and ONNX agree."""
+    from nuq.export import load_packed, save_packed
+    from nuq.nn.attention import SplitMultiheadAttention, split_attention
+
+    torch.manual_seed(0)
+    model, x = _AttnNet(), torch.randn(4, 5, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(split_attention(copy.deepcopy(model)).eval()(x), model.eval()(x),
+                                   rtol=1e-6, atol=1e-6)
+    q = nuq.prepare(model, nuq.QATConfig(weight="lsq", act="lsq", w_bits=4, a_bits=4, skip=("side",)), calib=[x])
+    assert isinstance(q.attn, SplitMultiheadAttention)
+    layers = dict(nuq.quant_layers(q))
+    assert {"attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj"} <= set(layers)
+    q.train()(x).square().mean().backward()
+    assert all(layers[f"attn.{p}_proj"].weight_quantizer.step.grad.abs() > 0 for p in "qkv")
+    y = q.eval()(x)
+    with torch.no_grad():
+        layers["attn.v_proj"].weight_quantizer.step.mul_(2)
+    assert not torch.equal(q(x), y)
+    save_packed(q, tmp_path / "m.nuq.safetensors")
+    back = load_packed(tmp_path / "m.nuq.safetensors", model=_AttnNet())
+    with torch.no_grad():
+        assert torch.equal(back(x), q(x))
+    if importlib.util.find_spec("onnxruntime") is not None:
+        from nuq.export import to_onnx
+
+        assert to_onnx(q, x, tmp_path / "m.onnx", verify=True)["max_abs_diff"] <= 1e-5
 
 
 @pytest.mark.parametrize("kw,match", [

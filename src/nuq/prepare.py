@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
+from .nn.attention import split_attention
 from .nn.batchnorm import exact_batchnorm
 from .nn.layers import QuantConv2d, QuantLinear
 from .nn.transforms import make_transform
@@ -132,6 +133,7 @@ def prepare(model: nn.Module, config: QATConfig, calib: Iterable | None = None, 
         raise ValueError(f"config must be a nuq.QATConfig, got {type(config).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
+    split_attention(model)  # nn.MultiheadAttention's projections as Linear modules that run
     targets = float_layers(model)
     if not targets:
         raise ValueError("model has no nn.Conv2d or nn.Linear layer to quantize")
@@ -203,17 +205,18 @@ def reestimate_batchnorm(model: nn.Module, calib: Iterable) -> None:
 
 def _check_called(model: nn.Module, specs: dict, inputs: dict[str, Tensor] | None) -> None:
     """Refuse to quantize layers whose module never runs: their weight is read by a
-    functional elsewhere (nn.MultiheadAttention hands ``out_proj.weight`` to
-    ``F.multi_head_attention_forward``; torchvision's Swin passes ``qkv.weight``), so a
-    quantized copy would change nothing while being counted as low-bit. Known owners are
-    checked always; with calibration data, every layer must have been called."""
+    functional elsewhere (torchvision's Swin passes ``qkv.weight``; subclasses of
+    nn.MultiheadAttention, which ``split_attention`` leaves alone, hand ``out_proj.weight`` to
+    ``F.multi_head_attention_forward``), so a quantized copy would change nothing while being
+    counted as low-bit. Known owners are checked always; with calibration data, every layer
+    must have been called."""
     owned = {f"{n}.{c}" if n else c for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
              for c, _ in m.named_children()}
     bypassed = [n for n in specs if n in owned or (inputs is not None and n not in inputs)]
     if bypassed:
         raise ValueError(
             f"layer(s) {', '.join(sorted(bypassed))} are never called as modules (their weight is used by a "
-            "functional, e.g. inside nn.MultiheadAttention), so quantizing them would change nothing; leave them "
+            "functional, e.g. torchvision's Swin attention), so quantizing them would change nothing; leave them "
             f"float with skip={sorted(set(bypassed))!r} (or a pattern such as '*.out_proj')")
 
 

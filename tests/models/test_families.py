@@ -85,7 +85,7 @@ FAMILY = [
     ("torchvision.resnet18", {}, 64, ()),
     ("torchvision.mobilenet_v2", {}, 64, ()),
     ("torchvision.efficientnet_b0", {}, 64, ()),
-    ("torchvision.vit_b_16", {"image_size": 32}, 32, ("*.out_proj",)),  # nn.MultiheadAttention
+    ("torchvision.vit_b_16", {"image_size": 32}, 32, ()),  # nn.MultiheadAttention, split into Linear modules
     ("torchvision.swin_t", {}, 64, ("*.attn.qkv", "*.attn.proj")),  # weights passed to a functional
     ("timm.convnext_atto", {}, 64, ()),
     ("timm.vit_tiny_patch16_224", {"img_size": 32}, 32, ()),
@@ -111,7 +111,10 @@ def test_family_prepare_train_eval_export(name, kwargs, size, bypassed, tmp_path
             nuq.prepare(model, cfg, calib=[x])
         cfg = nuq.QATConfig(weight="lsq", act="lsq", w_bits=2, a_bits=2, skip=bypassed)
     q = nuq.prepare(model, cfg, calib=[x])
-    assert sum(1 for _ in nuq.quant_layers(q)) > 5
+    names = [n for n, _ in nuq.quant_layers(q)]
+    assert len(names) > 5
+    if name == "torchvision.vit_b_16":  # every attention projection quantized, none refused
+        assert sum(n.endswith((".q_proj", ".k_proj", ".v_proj", ".out_proj")) for n in names) == 4 * 12
     before = {n: p.detach().clone() for n, p in q.named_parameters()}
     opt = torch.optim.SGD(nuq.param_groups(q, lr=0.01), momentum=0.9)
     for _ in range(2):

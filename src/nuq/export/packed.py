@@ -45,6 +45,7 @@ from torch import nn
 from .. import __version__
 from ..config_utils import to_dict
 from ..models import create_model
+from ..nn.attention import split_attention
 from ..nn.batchnorm import exact_batchnorm
 from ..nn.layers import QuantConv2d, QuantLinear
 from ..nn.walk import named_quantizers, quant_layers, set_module
@@ -285,6 +286,7 @@ def load_packed(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     try:
         if model is None:
             model = _architecture(header.get("meta") or {})
+        split_attention(model)  # as prepare did: attention projections as Linear modules
         state = dict(arrays)
         tables: dict[str, torch.Tensor] = {}
         for rec in header["layers"]:
