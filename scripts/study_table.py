@@ -34,7 +34,7 @@ def table(root: Path) -> str:
     models = sorted(found)
     stats = {m: summarize(found[m]) for m in models}
     bits = sorted({b for m in models for (_, b) in stats[m]})
-    cols = [(m, b) for m in models for b in bits]
+    cols = [(m, b) for m in models for b in bits if any(bb == b for (_, bb) in stats[m])]
     floats = {m: record(m, "fashion_mnist")["test_top1"] for m in models}
     head = "| method | " + " | ".join(f"{m} W{b}A{b}" for m, b in cols) + " |"
     lines = [head, "|---|" + "---:|" * len(cols),
