@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..nn.walk import set_module
+
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -59,8 +61,7 @@ def _first_conv_for(model: nn.Module, in_channels: int, adapt: bool = False) -> 
                     new.weight.copy_(_adapt_filters(m.weight, in_channels))
                     if m.bias is not None:
                         new.bias.copy_(m.bias)
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, new)
+            set_module(model, name, new)
             return model
     raise ValueError("the model has no Conv2d whose input channels could be set")
 
@@ -145,9 +146,9 @@ def _load_file(model: nn.Module, path: Path, name: str) -> None:
     own = model.state_dict()
     missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    heads = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    head_name = _last_linear(model)
     first = f"{convs[0]}.weight" if convs else None
-    head = {f"{heads[-1]}.weight", f"{heads[-1]}.bias"} if heads else set()
+    head = {f"{head_name}.weight", f"{head_name}.bias"} if head_name is not None else set()
     shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     bad = [k for k in shape if k not in head and not (k == first and own[k].shape[2:] == state[k].shape[2:])]
     if missing or extra or bad:
@@ -155,7 +156,7 @@ def _load_file(model: nn.Module, path: Path, name: str) -> None:
                          f"{extra[:4]}, other shapes {bad[:4]}")
     fresh = [k for k in shape if k in head]
     if fresh:
-        warnings.warn(f"{name}: classifier {heads[-1]!r} has {state[sorted(head)[-1]].shape[0]} classes in "
+        warnings.warn(f"{name}: classifier {head_name!r} has {state[sorted(head)[-1]].shape[0]} classes in "
                       f"{path.name}; it stays untrained with {own[fresh[0]].shape[0]} outputs", stacklevel=4)
     if first in shape:
         state[first] = _adapt_filters(state[first], own[first].shape[1])
@@ -164,17 +165,21 @@ def _load_file(model: nn.Module, path: Path, name: str) -> None:
 
 def _fit_head(model: nn.Module, num_classes: int, name: str) -> None:
     """Replace the last Linear layer by a fresh one with ``num_classes`` outputs, if needed."""
-    heads = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not heads:
+    head_name = _last_linear(model)
+    if head_name is None:
         raise ValueError(f"model {name!r} has no Linear classifier to fit to num_classes={num_classes}")
-    head_name, head = heads[-1]
+    head = model.get_submodule(head_name)
     if head.out_features == num_classes:
         return
     warnings.warn(f"{name}: classifier {head_name!r} ({head.out_features} classes in the trained weights) "
                   f"replaced by an untrained one with {num_classes} outputs", stacklevel=4)
-    parent, _, child = head_name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child,
-            nn.Linear(head.in_features, num_classes, head.bias is not None))
+    set_module(model, head_name, nn.Linear(head.in_features, num_classes, head.bias is not None))
+
+
+def _last_linear(model: nn.Module) -> str | None:
+    """Name of the model's last Linear layer in module order (its classifier), or None."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return names[-1] if names else None
 
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 3, pretrained: bool | str | None = None,
