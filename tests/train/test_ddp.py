@@ -23,7 +23,9 @@ def torchrun(cfg_file, wait=True):
 
 
 def write_cfg(path, out):
-    raw = {"name": "ddp", "out_dir": str(out), "epochs": 2, "progress": False,
+    # a checkpoint every 4 of the 24 steps: the kill below lands well before the run ends
+    # (with only the end-of-epoch checkpoint, an idle machine finished epoch 2 before the kill)
+    raw = {"name": "ddp", "out_dir": str(out), "epochs": 2, "progress": False, "ckpt_every_steps": 4,
            "model": {"name": "mlp", "kwargs": {"hidden": 32}},
            "data": {"train_subset": 1200, "test_subset": 300, "batch_size": 50},
            "optim": {"lr": 0.05}, "qat": {"w_bits": 2, "a_bits": 2}}
