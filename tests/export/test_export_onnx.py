@@ -146,7 +146,7 @@ def test_uniform_layers_are_integer_ops_nonuniform_are_lookups(images, tmp_path)
     convolution of them with the int8 weight codes (stored as int8, a Cast that ONNX Runtime
     folds), one rescale; nuLSQ: a count over its 3 thresholds, one Gather per layer."""
     q = prepare_with("lsq", images[:16], resnet)
-    info = to_onnx(q, images[:4], tmp_path / "lsq.onnx")
+    info = to_onnx(q, images[:4], tmp_path / "lsq.onnx", qlinear=False)
     kinds = collections.Counter((v["weight"], v["act"]) for v in info["layers"].values())
     assert sum(n for (w, a), n in kinds.items() if w == "int8" and a in ("integer-recip", "integer-div")) == 22
     graph = onnx.load(str(tmp_path / "lsq.onnx")).graph

@@ -65,6 +65,7 @@ from ..quantizers import Quantizer
 from ..runs.files import atomic_write_bytes
 from .onnx_graph import fold_weight_dequantize
 from .onnx_integer import DQWeight, int_dtype, integer_layer, select_by_thresholds
+from .onnx_requant import fuse_requantize
 from .packed import _check_model
 from .tables import ActTable, activation_table, decoded_weight, level_grid, qdq_reference, recip_reference
 
@@ -301,17 +302,23 @@ def verification_batches(x: Tensor, seed: int = 0) -> list[Tensor]:
     return [x, shuffled, x * 0.5, x * 2.0, noise]
 
 
-def _fold_weights(data: bytes) -> bytes:
+def _rewrite(data: bytes, qlinear: bool) -> tuple[bytes, list[str]]:
+    """The exported graph after the weight-Cast pass (:mod:`nuq.export.onnx_graph`) and,
+    with ``qlinear``, the QLinearConv pass (:mod:`nuq.export.onnx_requant`); plus the
+    names of the convolutions the latter rewrote."""
     try:
         import onnx
     except ImportError as e:
         raise ValueError("ONNX export needs the onnx package: pip install 'nuq[onnx]'") from e
     proto = onnx.load_from_string(data)
-    return proto.SerializeToString() if fold_weight_dequantize(proto) else data
+    changed = fold_weight_dequantize(proto) > 0
+    fused = fuse_requantize(proto) if qlinear else []
+    return (proto.SerializeToString() if changed or fused else data), fused
 
 
 def to_onnx(model: nn.Module, example_input: Tensor, path: str | Path, opset: int = OPSET,
-            dynamic_batch: bool = True, qdq: bool = True, verify: bool = False) -> dict[str, Any]:
+            dynamic_batch: bool = True, qdq: bool = True, qlinear: bool = True,
+            verify: bool = False) -> dict[str, Any]:
     """Export the prepared ``model`` (as in eval mode) to the ONNX file ``path`` (atomically).
 
     ``example_input``: a batch of the model's input (its shape and dtype fix the graph's;
@@ -323,8 +330,9 @@ def to_onnx(model: nn.Module, example_input: Tensor, path: str | Path, opset: in
     the example happens to avoid are seen too, and reports the worst difference to PyTorch
     (``max_abs_diff``) and the per-batch ones (``verify_diffs``).
 
-    Returns ``{"path", "bytes", "layers": {layer: {"weight": ..., "act": ...}}}`` (see
-    :func:`export_model`) plus ``"max_abs_diff"`` when verified.
+    Returns ``{"path", "bytes", "layers": {layer: {"weight": ..., "act": ...}}, "qlinear":
+    [conv node names run as QLinearConv]}`` (see :func:`export_model`) plus
+    ``"max_abs_diff"`` when verified.
     """
     if not isinstance(example_input, Tensor):
         raise ValueError(f"example_input must be a tensor, got {type(example_input).__name__}")
@@ -342,9 +350,9 @@ def to_onnx(model: nn.Module, example_input: Tensor, path: str | Path, opset: in
         torch.onnx.export(emodel, (x,), buf, dynamo=False, opset_version=opset, input_names=["input"],
                           output_names=["output"], dynamic_axes=axes, do_constant_folding=True,
                           training=torch.onnx.TrainingMode.PRESERVE)
-    data = _fold_weights(buf.getvalue())
+    data, fused = _rewrite(buf.getvalue(), qlinear)
     atomic_write_bytes(Path(path), lambda f: f.write(data))
-    info: dict[str, Any] = {"path": str(path), "bytes": len(data), "layers": paths}
+    info: dict[str, Any] = {"path": str(path), "bytes": len(data), "layers": paths, "qlinear": fused}
     if verify:
         import onnxruntime as ort  # optional dependency: pip install nuq[onnx]
 

@@ -79,11 +79,12 @@ def fold_weight_dequantize(model: Any) -> int:
 
 
 def _drop_unused(g: Any) -> None:
-    """Remove initializers and Constant/Identity nodes nothing reads any more (the removed
-    nodes' zero points), which ONNX Runtime would otherwise warn about at every load."""
+    """Remove nodes and initializers nothing reads any more (the removed nodes' zero points,
+    weights a rewrite replaced), which ONNX Runtime would otherwise warn about at every load
+    or keep in the file. ONNX nodes have no side effects, so an unread node is dead."""
     while True:
         used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-        dead = [n for n in g.node if n.op_type in ("Constant", "Identity") and not any(o in used for o in n.output)]
+        dead = [n for n in g.node if not any(o in used for o in n.output)]
         for n in dead:
             g.node.remove(n)
         unused = [t for t in g.initializer if t.name not in used]
