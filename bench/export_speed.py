@@ -2,10 +2,12 @@
 
 The shipped float ResNet-20 (or ``--model mobilenetv2``; Fashion-MNIST) is prepared with each
 method at W2A2 and W4A4 (8-bit first/last layers, calibrated on 256 test images; no
-training: the graph, not the accuracy, sets the latency), exported with ``to_onnx``, and every session runs in one
-interleaved loop at batch 1 and 64 with ONNX Runtime's default optimisations and
-``--threads`` intra-op threads (default 2, the machine's default; thread spinning off, so
-that one session's idle workers do not slow the next). Printed: median latency
+training: the graph, not the accuracy, sets the latency; nuLSQ's and LCQ's learned
+levels spread 0.7-1.3x, since their initial levels are a uniform grid), exported with
+``to_onnx``, and every session runs in one interleaved loop at batch 1 and 64 with ONNX
+Runtime's default optimisations and ``--threads`` intra-op threads (default 2, the
+machine's default; thread spinning off, so that one session's idle workers do not slow
+the next). Printed: median latency
 of the float model, each quantized model as a ratio to it, the ONNX and packed file sizes,
 and, on the full Fashion-MNIST test set, the largest logit difference between ONNX Runtime
 and PyTorch and their top-1 agreement.
@@ -32,6 +34,10 @@ from nuq.data import load_dataset
 from nuq.export import save_packed, to_onnx
 
 WEIGHT_OF = {"n2uq": "n2uq_w"}
+#: methods whose levels training makes non-uniform but whose initialisation is a uniform
+#: grid (equal steps): their parameters are spread by 0.7-1.3x, as after training, so that
+#: the graph is the one a trained model exports
+LEARNED_LEVELS = ("nulsq", "lcq")
 METHODS = ["lsq", "pact", "dorefa", "uniform", "apot", "pot", "n2uq", "nulsq", "lcq", "lloyd"]
 
 
@@ -106,6 +112,11 @@ def main() -> None:
         for m in args.methods:
             cfg = nuq.QATConfig(weight=WEIGHT_OF.get(m, m), act=m, w_bits=bits, a_bits=bits)
             q = nuq.prepare(model, cfg, calib=[images]).eval()
+            if m in LEARNED_LEVELS:
+                with torch.no_grad():
+                    for _, qz in nuq.named_quantizers(q):
+                        for p in qz.parameters():
+                            p.mul_(torch.linspace(0.7, 1.3, p.numel()).view(p.shape))
             name = f"{m}-w{bits}a{bits}"
             files[name] = onnx_bytes(q, images[:8])
             agreement[name] = agree(q, files[name], full, args.threads)
