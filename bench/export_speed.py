@@ -8,7 +8,8 @@ levels spread 0.7-1.3x, since their initial levels are a uniform grid), exported
 Runtime's default optimisations and ``--threads`` intra-op threads (default 2, the
 machine's default; thread spinning off, so that one session's idle workers do not slow
 the next). Printed: median latency
-of the float model, each quantized model as a ratio to it, the ONNX and packed file sizes,
+of the float model, each quantized model as a ratio to it (rows marked "fast": exported
+with ``exact=False``), the ONNX and packed file sizes,
 and, on the full Fashion-MNIST test set, the largest logit difference between ONNX Runtime
 and PyTorch and their top-1 agreement.
 
@@ -54,10 +55,10 @@ def session(data: bytes, threads: int, profile: str | None = None) -> ort.Infere
     return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
 
-def onnx_bytes(model: torch.nn.Module, x: torch.Tensor) -> bytes:
+def onnx_bytes(model: torch.nn.Module, x: torch.Tensor, exact: bool = True) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         if any(True for _ in nuq.quant_layers(model)):
-            to_onnx(model, x, Path(tmp) / "m.onnx")
+            to_onnx(model, x, Path(tmp) / "m.onnx", exact=exact)
         else:
             torch.onnx.export(model.eval(), (x,), Path(tmp) / "m.onnx", dynamo=False, input_names=["input"],
                               output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
@@ -96,6 +97,8 @@ def main() -> None:
     ap.add_argument("--batches", nargs="*", type=int, default=[1, 64])
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--inexact", nargs="*", default=["lsq", "n2uq", "nulsq"],
+                    help="methods also exported with exact=False (rows 'METHOD-wXaX fast')")
     ap.add_argument("--profile", nargs="*", default=[], help="print the op-type time shares of these candidates")
     ap.add_argument("--agree-images", type=int, default=None,
                     help="test images for the agreement columns (default: all 10k)")
@@ -122,6 +125,10 @@ def main() -> None:
             agreement[name] = agree(q, files[name], full, args.threads)
             with tempfile.TemporaryDirectory() as tmp:
                 packed[name] = save_packed(q, Path(tmp) / "m.nuq.safetensors")["bytes"]
+            if m in args.inexact:
+                files[name + " fast"] = onnx_bytes(q, images[:8], exact=False)
+                agreement[name + " fast"] = agree(q, files[name + " fast"], full, args.threads)
+                packed[name + " fast"] = packed[name]
     shown = {"resnet20": "ResNet-20 width 16", "mobilenetv2": "MobileNetV2 width 0.5"}[args.model]
     print(f"ONNX Runtime {ort.__version__}, {args.threads} intra-op threads, {shown}, 1x28x28; "
           f"median of {args.rounds} interleaved rounds")

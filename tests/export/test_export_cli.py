@@ -56,6 +56,19 @@ def test_export_onnx(qat_run, tmp_path, capsys):
 
 
 @needs_data
+def test_export_onnx_fast_writes_a_verified_graph(qat_run, tmp_path, capsys):
+    """-f onnx-fast (exact=False; folding itself: tests/export/test_onnx_fold.py) writes a
+    graph ONNX Runtime loads and the CLI reports its measured difference to PyTorch (an
+    MLP has no convolution to fold: within 1e-4 as the exact format)."""
+    pytest.importorskip("onnxruntime")
+    capsys.readouterr()
+    assert main(["export", str(qat_run), "-f", "onnx-fast", "--out", str(tmp_path / "m.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "m.onnx").is_file()
+    assert float(out.split("max abs difference ")[1].split()[0]) <= 1e-4
+
+
+@needs_data
 def test_export_errors(qat_run, tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing")]) == 2
     assert "no checkpoint" in capsys.readouterr().err

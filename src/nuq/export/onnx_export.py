@@ -63,6 +63,7 @@ from torch import Tensor, nn
 from ..nn.walk import quant_layers, set_module
 from ..quantizers import Quantizer
 from ..runs.files import atomic_write_bytes
+from .onnx_fold import fold_affine
 from .onnx_graph import fold_weight_dequantize
 from .onnx_integer import DQWeight, int_dtype, integer_layer, select_by_thresholds
 from .onnx_requant import fuse_requantize
@@ -302,10 +303,11 @@ def verification_batches(x: Tensor, seed: int = 0) -> list[Tensor]:
     return [x, shuffled, x * 0.5, x * 2.0, noise]
 
 
-def _rewrite(data: bytes, qlinear: bool) -> tuple[bytes, list[str]]:
-    """The exported graph after the weight-Cast pass (:mod:`nuq.export.onnx_graph`) and,
-    with ``qlinear``, the QLinearConv pass (:mod:`nuq.export.onnx_requant`); plus the
-    names of the convolutions the latter rewrote."""
+def _rewrite(data: bytes, qlinear: bool, exact: bool) -> tuple[bytes, list[str]]:
+    """The exported graph after the weight-Cast pass (:mod:`nuq.export.onnx_graph`), with
+    ``qlinear`` the QLinearConv pass (:mod:`nuq.export.onnx_requant`) and without
+    ``exact`` the folding pass (:mod:`nuq.export.onnx_fold`); plus the names of the
+    convolutions the QLinearConv pass rewrote."""
     try:
         import onnx
     except ImportError as e:
@@ -313,11 +315,12 @@ def _rewrite(data: bytes, qlinear: bool) -> tuple[bytes, list[str]]:
     proto = onnx.load_from_string(data)
     changed = fold_weight_dequantize(proto) > 0
     fused = fuse_requantize(proto) if qlinear else []
-    return (proto.SerializeToString() if changed or fused else data), fused
+    folded = 0 if exact else fold_affine(proto)
+    return (proto.SerializeToString() if changed or fused or folded else data), fused
 
 
 def to_onnx(model: nn.Module, example_input: Tensor, path: str | Path, opset: int = OPSET,
-            dynamic_batch: bool = True, qdq: bool = True, qlinear: bool = True,
+            dynamic_batch: bool = True, qdq: bool = True, qlinear: bool = True, exact: bool = True,
             verify: bool = False) -> dict[str, Any]:
     """Export the prepared ``model`` (as in eval mode) to the ONNX file ``path`` (atomically).
 
@@ -350,7 +353,7 @@ def to_onnx(model: nn.Module, example_input: Tensor, path: str | Path, opset: in
         torch.onnx.export(emodel, (x,), buf, dynamo=False, opset_version=opset, input_names=["input"],
                           output_names=["output"], dynamic_axes=axes, do_constant_folding=True,
                           training=torch.onnx.TrainingMode.PRESERVE)
-    data, fused = _rewrite(buf.getvalue(), qlinear)
+    data, fused = _rewrite(buf.getvalue(), qlinear, exact)
     atomic_write_bytes(Path(path), lambda f: f.write(data))
     info: dict[str, Any] = {"path": str(path), "bytes": len(data), "layers": paths, "qlinear": fused}
     if verify:
