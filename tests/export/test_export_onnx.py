@@ -144,7 +144,8 @@ def test_export_mode_model_is_exact_for_every_method(method):
 def test_uniform_layers_are_integer_ops_nonuniform_are_lookups(images, tmp_path):
     """LSQ (and the 8-bit minmax first/last layers): activation integers from Round, a
     convolution of them with the int8 weight codes (stored as int8, a Cast that ONNX Runtime
-    folds), one rescale; nuLSQ: a count over its 3 thresholds, one Gather per layer."""
+    folds), one rescale; nuLSQ: its 3 thresholds compared, each level times its comparison,
+    the largest taken (two Max per layer), no Gather."""
     q = prepare_with("lsq", images[:16], resnet)
     info = to_onnx(q, images[:4], tmp_path / "lsq.onnx", qlinear=False)
     kinds = collections.Counter((v["weight"], v["act"]) for v in info["layers"].values())
@@ -168,7 +169,7 @@ def test_uniform_layers_are_integer_ops_nonuniform_are_lookups(images, tmp_path)
     info = to_onnx(q, images[:4], tmp_path / "nulsq.onnx")
     assert sum(v["act"] == "lookup" for v in info["layers"].values()) == 20
     ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "nulsq.onnx")).graph.node)
-    assert ops["GreaterOrEqual"] == 60 and ops["Gather"] == 20 and ops["Where"] == 0
+    assert ops["GreaterOrEqual"] == 60 and ops["Max"] == 40 and ops["Gather"] == ops["Where"] == 0
     with torch.no_grad():
         check_close(run_ort(tmp_path / "nulsq.onnx", images[16:]), q(images[16:]))
 

@@ -27,6 +27,25 @@ def test_threshold_count_equals_bucketize(n, integer_values):
     assert torch.equal(select_by_thresholds(x, t, values), want)
 
 
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("kind", ["from_zero", "positive", "negative", "crossing", "through_zero"])
+def test_threshold_select_equals_bucketize_on_every_level(seed, kind):
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(2, 17, (1,), generator=g))
+    # steps spread over six decades, so that level sums round in float32
+    steps = torch.rand(n, generator=g) * 10.0 ** torch.randint(-4, 2, (n,), generator=g).float()
+    values = torch.cumsum(steps, 0) - steps[0]
+    j = int(torch.randint(1, n, (1,), generator=g))
+    values = {"from_zero": values, "positive": values + steps[0], "negative": values - values[-1] - steps[0],
+              "crossing": values - values[j] * float(torch.rand((), generator=g)),
+              "through_zero": values - values[j]}[kind]
+    t = (values[1:] + values[:-1]) / 2
+    # on each threshold and one float below it (every level), and at random
+    x = torch.cat([t, torch.nextafter(t, t - 1), values, torch.randn(500, generator=g) * float(values.abs().max())])
+    got = select_by_thresholds(x, t, values)
+    assert torch.equal(got, values[torch.bucketize(x, t, right=True)])
+
+
 def _export(module, x):
     buf = io.BytesIO()
     torch.onnx.export(module, (x,), buf, dynamo=False, input_names=["input"], output_names=["output"])

@@ -6,7 +6,7 @@ integer-arithmetic reference.
     info = save_packed(qmodel, "model.nuq.safetensors", meta={"model": {"name": "resnet20", "kwargs": {}},
                                                       "num_classes": 10, "in_channels": 1})
     model = load_packed("model.nuq.safetensors")          # outputs == qmodel.eval() outputs, exactly
-    to_onnx(qmodel, example_batch, "model.onnx")   # uint8 QLinearConv for uniform, thresholds+Gather else
+    to_onnx(qmodel, example_batch, "model.onnx")   # uint8 QLinearConv for uniform, threshold comparisons else
     y = integer_forward(layer, x)                  # one layer from integer codes
 
 Everything goes through the generic quantizer interface (``levels()``, ``encode()``,

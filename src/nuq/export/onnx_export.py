@@ -32,8 +32,11 @@ still move an input of the next quantizer across a threshold. The other layers
   ``Mul(1/s) -> Clip -> QuantizeLinear(1) -> DequantizeLinear(s)``: the same integers,
   bit-exact;
 * every other activation quantizer (nuLSQ, APoT, N2UQ's learned thresholds, LCQ) becomes
-  a threshold search plus a table lookup, ``levels[sum_i (x >= t_i)]``: ``GreaterOrEqual``,
-  ``ReduceSum`` and ``Gather`` (``bucketize`` has no ONNX export in every opset). The
+  a threshold search plus a table lookup, ``levels[sum_i (x >= t_i)]``, written as a
+  ``Max`` of ``level * Cast(x >= t_i)`` over the positive levels (and a ``Min`` over the
+  negative ones; :func:`~nuq.export.onnx_integer.select_by_thresholds`): no arithmetic
+  that rounds, and no ``Gather``, which is slow in ONNX Runtime (``bucketize`` has no
+  export in every opset). The
   thresholds are found by probing the quantizer (:func:`nuq.export.tables.activation_table`)
   and reproduce it on every float32 input;
 * the one data-dependent quantizer, ``minmax`` with a dynamic observer (step = max|x|/Qp

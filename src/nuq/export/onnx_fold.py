@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .onnx_graph import _drop_unused
+from .onnx_graph import _drop_unused, attributes
 from .onnx_requant import _Graph, _per_channel
 
 
@@ -76,7 +76,7 @@ def fold_affine(model: Any) -> int:
         inits += [numpy_helper.from_array(scale, base + "__alpha"),
                   numpy_helper.from_array(np.float32(beta), base + "__beta")]
         new = [helper.make_node("Mul", [conv.input[1], base + "__alpha"], [base + "__w"])]
-        attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+        attrs = attributes(conv)
         new.append(helper.make_node("Conv", [conv.input[0], base + "__w", base + "__beta"], [nodes[-1].output[0]],
                                     name=conv.name, **attrs))
         replace[id(conv)] = new

@@ -78,6 +78,14 @@ def fold_weight_dequantize(model: Any) -> int:
     return rewritten
 
 
+def attributes(node: Any) -> dict[str, Any]:
+    """A node's attributes as keyword arguments for ``helper.make_node`` (to rebuild a
+    convolution as another op with the same strides, pads, groups...)."""
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
 def _drop_unused(g: Any) -> None:
     """Remove nodes and initializers nothing reads any more (the removed nodes' zero points,
     weights a rewrite replaced), which ONNX Runtime would otherwise warn about at every load

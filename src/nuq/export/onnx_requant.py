@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .onnx_graph import _constant_values, _drop_unused
+from .onnx_graph import _constant_values, _drop_unused, attributes
 
 #: distance (in code units) every requantized value keeps from a rounding tie: float32
 #: rounding of (K*acc + B) * M moves a value below 255 by at most 255 * 2^-24 = 1.5e-5, so
@@ -298,7 +298,7 @@ def _nondecreasing(G: _Graph, n: Any) -> list[str] | None:
     """The dynamic inputs of ``n`` when its output never decreases as they grow (the other
     inputs constant; ``x * c`` and ``x / c`` for c > 0, ``x - c``, ``x >= c``), else None."""
     dyn = [i for i in n.input if i and G.const(i) is None]
-    consts = [G.const(i) for i in n.input[1:] if i and G.const(i) is not None]
+    consts = [v for i in n.input if i and (v := G.const(i)) is not None]
     op = n.op_type
     if op in ("Relu", "Round", "Floor", "Ceil", "Identity", "Cast"):
         return dyn
@@ -306,8 +306,7 @@ def _nondecreasing(G: _Graph, n: Any) -> list[str] | None:
         return dyn if dyn == [n.input[0]] else None
     if op in _COMMUTATIVE:
         if op == "Mul":
-            c = [G.const(i) for i in n.input if G.const(i) is not None]
-            return dyn if len(dyn) == 1 and all((v > 0).all() for v in c) else None
+            return dyn if len(dyn) == 1 and all((v > 0).all() for v in consts) else None
         return dyn
     if op in ("Div", "Sub", "GreaterOrEqual", "Greater"):
         if dyn != [n.input[0]]:
@@ -437,7 +436,7 @@ def fuse_requantize(model: Any) -> list[str]:
             numpy_helper.from_array(np.array(fit["hi"], np.uint8), names["hi"]),
         ]
         x = u8_of[conv.input[0]]
-        attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+        attrs = attributes(conv)
         out_nodes.append(helper.make_node(
             "QLinearConv", [x, names["one"], names["zp"], names["w"], names["wscale"], names["wzp"],
                             names["one"], names["zp"], names["bias"]], [names["raw"]], **attrs))
