@@ -14,7 +14,8 @@ from pathlib import Path
 from nuq.commands.compare import summarize
 from nuq.models.pretrained import record
 
-ORDER = ["lsq", "nulsq-a", "nulsq-wa", "n2uq", "apot", "nulsq-w", "lcq", "pact", "dorefa"]
+ORDER = ["lsq", "nulsq-a", "nulsq-wa", "n2uq", "apot", "nulsq-w", "lcq", "pact", "dorefa", "uniform", "pot", "lloyd",
+         "lsq-kd", "nulsq-a-kd", "n2uq-kd"]
 
 
 def cells(root: Path) -> dict[str, list[dict]]:
