@@ -50,6 +50,30 @@ def test_qlinear_graph_gives_the_float_graphs_outputs_bit_for_bit(act, weight, b
     assert (torch.from_numpy(run(tmp_path / "fast.onnx", x)).argmax(1) == ref.argmax(1)).all()
 
 
+@needs_data
+def test_signed_input_codes_run_as_qlinear_with_a_zero_point(tmp_path):
+    """The shipped MobileNetV2 at W2A2: the expansion layers read signed codes (the linear
+    bottleneck has no ReLU); they become QLinearConv too, their uint8 input shifted by the
+    zero point 2, and the outputs equal the float-convolution graph's bit for bit."""
+    from nuq.data import load_dataset
+    from nuq.export.onnx_export import verification_batches
+
+    test = load_dataset("fashion_mnist", train=False)
+    x = test.normalize(test.images[:300])
+    model = nuq.create_model("mobilenetv2", num_classes=10, in_channels=1, pretrained="fashion_mnist")
+    q = nuq.prepare(model, nuq.QATConfig(weight="lsq", act="lsq", w_bits=2, a_bits=2), calib=[x[:256]]).eval()
+    signed = [n for n, layer in nuq.quant_layers(q) if layer.act_quantizer is not None and layer.act_quantizer.signed]
+    fast = to_onnx(q, x[:8], tmp_path / "fast.onnx")
+    assert to_onnx(q, x[:8], tmp_path / "plain.onnx", qlinear=False)["qlinear"] == []
+    expansions = [n for n in fast["qlinear"] if n.endswith("block.0/Conv") and "features.1/" not in n]
+    assert len(signed) >= 16 and len(expansions) == 16
+    graph = onnx.load(str(tmp_path / "fast.onnx")).graph
+    zps = {t.name: int(onnx.numpy_helper.to_array(t)) for t in graph.initializer if t.name.endswith("__zp")}
+    assert sorted(set(zps.values())) == [0, 2]
+    for b in [x] + verification_batches(x[:128])[1:]:
+        np.testing.assert_array_equal(run(tmp_path / "fast.onnx", b), run(tmp_path / "plain.onnx", b))
+
+
 def step_function(a, b, inv, s=0.03, lo=0, hi=3):
     """BatchNorm (a, b per channel), ReLU and a rounding quantizer after a rescale by s, in
     float32 as the graph computes it: the next codes as a function of the integer sum."""
@@ -107,11 +131,13 @@ def _graph(*nodes, inits=()):
     return _Graph(g)
 
 
-@pytest.mark.parametrize("lo,hi,want", [(0.0, 3.0, (0, 3)), (0.0, 15.0, (0, 15)), (-1.0, 3.0, None),
-                                        (0.0, 255.0, None)])
+@pytest.mark.parametrize("lo,hi,want", [(0.0, 3.0, (0, 3)), (0.0, 15.0, (0, 15)), (-2.0, 1.0, (-2, 1)),
+                                        (-64.0, 63.0, (-64, 63)), (-65.0, 63.0, None), (0.0, 255.0, None),
+                                        (0.0, 128.0, None)])
 def test_code_range_of_a_clipped_round(lo, hi, want):
-    """Round(Clip(x * 2, lo, hi)): codes in [lo, hi]; signed codes and codes past 127 (the
-    int8 kernels' int16 pair sums could saturate) are not uint8 inputs."""
+    """Round(Clip(x * 2, lo, hi)): codes in [lo, hi]; signed codes are uint8 inputs shifted
+    by -lo (the zero point), as long as the shifted codes stay within 127 (past it, the int8
+    kernels' int16 pair sums could saturate)."""
     from onnx import helper
 
     G = _graph(helper.make_node("Mul", ["x", "two"], ["m"]), helper.make_node("Clip", ["m", "lo", "hi"], ["c"]),

@@ -21,7 +21,8 @@ each rounding tie, so any float evaluation order gives the same codes: the outpu
 PyTorch model's codes, bit for bit. A layer where no such fit exists keeps its float graph.
 
 Inputs of these layers become uint8 (``QuantizeLinear`` at scale 1 in place of the
-``Round``, or the previous ``QLinearConv``'s output); layers that still need float codes
+``Round``, with a zero point of ``-lo`` for signed codes in [lo, hi], e.g. the inputs of
+MobileNetV2's expansion layers; or the previous ``QLinearConv``'s output); layers that still need float codes
 (e.g. the convolution before a residual add) read them through a ``Cast``. Bias-free
 uint8 activations times int8 weights is the layout ONNX Runtime's MLAS kernels run fastest.
 """
@@ -318,8 +319,9 @@ def _nondecreasing(G: _Graph, n: Any) -> list[str] | None:
 def _code_range(G: _Graph, name: str) -> tuple[int, int] | None:
     """[lo, hi] of ``name`` when it is an integer-valued tensor computed by elementwise ops
     that never decrease from a constant ``Clip`` or a comparison (``Round(Clip(x * (1/s)))``,
-    N2UQ's count of threshold comparisons) and the range lies in [0, 127] (uint8 codes that
-    the int8 kernels multiply without saturating int16 pair sums); else None. The range is
+    N2UQ's count of threshold comparisons) and its uint8 form, the codes shifted by
+    ``max(0, -lo)`` (the input zero point), lies in [0, 127] (values that the int8 kernels
+    multiply without saturating int16 pair sums); else None. The range is
     the function at the extremes of its inputs: a Clip's bounds, else +-3e38."""
 
     def value(t: str, need_int: bool) -> np.ndarray | None:
@@ -365,7 +367,7 @@ def _code_range(G: _Graph, name: str) -> tuple[int, int] | None:
     if v.size != 2 or not np.isfinite(v).all():
         return None
     lo, hi = int(v[0]), int(v[1])
-    return (lo, hi) if 0 <= lo <= hi <= 127 else None
+    return (lo, hi) if lo <= hi and hi - min(lo, 0) <= 127 else None
 
 
 def fuse_requantize(model: Any) -> list[str]:
@@ -377,6 +379,7 @@ def fuse_requantize(model: Any) -> list[str]:
     G = _Graph(g)
     u8_of: dict[str, str] = {}  # float codes tensor -> its uint8 twin
     ranges: dict[str, tuple[int, int]] = {}
+    shift: dict[str, int] = {}  # float codes tensor -> the zero point of its uint8 twin
     plans = []
     for conv in list(g.node):
         if conv.op_type != "Conv" or (w := G.integer_weight(conv)) is None:
@@ -393,6 +396,7 @@ def fuse_requantize(model: Any) -> list[str]:
         if fit is None:
             continue
         ranges[end] = (fit["lo"], fit["hi"])
+        shift[src] = max(0, -rng[0])
         plans.append((conv, nodes, end, fit))
     if not plans:
         return []
@@ -401,6 +405,7 @@ def fuse_requantize(model: Any) -> list[str]:
     plan_of = {id(p[0]): p for p in plans}
     fused_inputs = {p[0].input[0] for p in plans}
     out_nodes = []
+    zp_of: dict[str, str] = {}  # uint8 codes from QuantizeLinear -> their zero point
     for n in g.node:
         if id(n) in removed:
             continue
@@ -410,15 +415,17 @@ def fuse_requantize(model: Any) -> list[str]:
             if o not in fused_inputs or o in u8_of:
                 out_nodes.append(n)
                 continue
-            # float codes into uint8 (scale 1: exact for the integer values in [0, 127]);
+            # float codes into uint8 (scale 1 and a zero point that makes signed codes
+            # non-negative: exact for integers whose shifted values lie in [0, 127]);
             # QuantizeLinear rounds half to even like the Round it replaces when nothing
-            # else reads the float codes
+            # else reads the float codes. QLinearConv pads with the zero point, i.e. code 0.
             only_fused = all(id(c) in plan_of for c, _ in G.consumers.get(o, []))
             src = n.input[0] if n.op_type == "Round" and only_fused else o
             if src == o:
                 out_nodes.append(n)
             u8_of[o] = o + "__u8"
-            new_init += [numpy_helper.from_array(np.zeros((), np.uint8), o + "__zp"),
+            zp_of[u8_of[o]] = o + "__zp"
+            new_init += [numpy_helper.from_array(np.array(shift[o], np.uint8), o + "__zp"),
                          numpy_helper.from_array(np.ones((), np.float32), o + "__one")]
             out_nodes.append(helper.make_node("QuantizeLinear", [src, o + "__one", o + "__zp"], [u8_of[o]]))
             continue
@@ -438,7 +445,7 @@ def fuse_requantize(model: Any) -> list[str]:
         x = u8_of[conv.input[0]]
         attrs = attributes(conv)
         out_nodes.append(helper.make_node(
-            "QLinearConv", [x, names["one"], names["zp"], names["w"], names["wscale"], names["wzp"],
+            "QLinearConv", [x, names["one"], zp_of.get(x, names["zp"]), names["w"], names["wscale"], names["wzp"],
                             names["one"], names["zp"], names["bias"]], [names["raw"]], **attrs))
         u8 = end + "__u8"
         out_nodes.append(helper.make_node("Clip", [names["raw"], names["lo"], names["hi"]], [u8]))
