@@ -46,6 +46,33 @@ def test_threshold_select_equals_bucketize_on_every_level(seed, kind):
     assert torch.equal(got, values[torch.bucketize(x, t, right=True)])
 
 
+class _Select(torch.nn.Module):
+    def __init__(self, t, values):
+        super().__init__()
+        self.register_buffer("t", t)
+        self.register_buffer("values", values)
+
+    def forward(self, x):
+        return select_by_thresholds(x, self.t, self.values)
+
+
+@pytest.mark.parametrize("kind", ["positive", "negative", "crossing"])
+def test_threshold_select_in_onnx_runtime_is_the_stored_level(kind):
+    """The exported lookup (Max of level * Cast(x >= t), Min over negative levels, no
+    Gather) gives ONNX Runtime the same levels as bucketize, bit for bit."""
+    g = torch.Generator().manual_seed(1)
+    values = torch.cumsum(torch.rand(8, generator=g) + 0.01, 0)
+    values = {"positive": values, "negative": values - values[-1] - 0.5, "crossing": values - values[3]}[kind]
+    t = (values[1:] + values[:-1]) / 2
+    x = torch.cat([t, torch.nextafter(t, t - 1), values, torch.randn(2000, generator=g) * 3]).view(1, -1)
+    proto = _export(_Select(t, values), x)
+    ops = collections.Counter(n.op_type for n in proto.graph.node)
+    assert ops["Gather"] == 0 and ops["Max"] + ops["Min"] >= 5
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": x.numpy()})[0]
+    np.testing.assert_array_equal(got, values[torch.bucketize(x, t, right=True)].numpy())
+
+
 def _export(module, x):
     buf = io.BytesIO()
     torch.onnx.export(module, (x,), buf, dynamo=False, input_names=["input"], output_names=["output"])
