@@ -22,6 +22,8 @@ PyTorch's at every optimisation level.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -88,20 +90,14 @@ def select_by_thresholds(x: Tensor, thresholds: Tensor, values: Tensor) -> Tenso
         for i in range(1, n):
             count = count + (x >= thresholds[i]).to(x.dtype)
         return count + v0 if float(v0) != 0 else count
-    pos = [(x >= thresholds[k - 1]).to(x.dtype) * values[k] for k in range(1, n + 1) if values[k] > 0]
+    # every level positive: the first one is the floor; every level negative: the last one
+    # is the ceiling
+    pos = [v0] if v0 > 0 else []
+    pos += [(x >= thresholds[k - 1]).to(x.dtype) * values[k] for k in range(1, n + 1) if values[k] > 0]
     neg = [(x < thresholds[k]).to(x.dtype) * values[k] for k in range(n) if values[k] < 0]
-    parts = []
-    for terms, pick in ((pos, torch.maximum), (neg, torch.minimum)):
-        if terms:
-            part = terms[0]
-            for t in terms[1:]:
-                part = pick(part, t)
-            parts.append(part)
-    if v0 > 0:  # every level positive: the first one is the floor
-        return torch.maximum(parts[0], v0)
-    if values[-1] < 0:  # every level negative: the last one is the ceiling
-        return torch.minimum(parts[0], values[-1])
-    return parts[0] + parts[1] if len(parts) == 2 else parts[0]
+    neg += [values[-1]] if values[-1] < 0 else []
+    parts = [functools.reduce(pick, terms) for terms, pick in ((pos, torch.maximum), (neg, torch.minimum)) if terms]
+    return functools.reduce(torch.add, parts)
 
 
 class IntegerAct(nn.Module):
