@@ -55,3 +55,31 @@ def test_compiled_model_matches_eager_and_fuses(name):
     assert not [op for op in OPAQUE if op in src], f"{name}: opaque kernels in the compiled graph"
     if name == "lcq":  # its passes are custom operators called from inside the one graph (lcq.py)
         assert "nuq.lcq_quantize" in src and "nuq.lcq_backward" in src
+
+
+@pytest.mark.slow  # one inductor build per method
+@pytest.mark.parametrize("name", METHODS)
+def test_compiled_quantizer_keeps_nan_and_the_eager_gradient(name):
+    """Compiled, the NaN test is ``x != x`` (inductor scalarises isnan): NaN still comes out
+    where it went in, and every other element's output and input gradient equal eager's."""
+    from tests_helpers import role_for
+
+    torch.manual_seed(0)
+    q = nuq.make_quantizer(name, bits=2, role=role_for(name, False))
+    x = torch.randn(4, 8, 6, 6).relu()
+    q.initialize(x, method=q.init_methods[0])
+    if q.dynamic:  # a range measured on the tensor is NaN itself: nothing to compare elementwise
+        pytest.skip(f"{name} measures its range on the input")
+    bad = x.clone()
+    bad[0, 0, 0, :2] = float("nan")
+    outs = []
+    for fn in (q, torch.compile(q, fullgraph=True)):
+        xi = bad.clone().requires_grad_()
+        y = fn(xi)
+        y.nan_to_num(0.0).sum().backward()  # a finite loss: the gradient of the other elements
+        outs.append((y.detach(), xi.grad))
+        torch._dynamo.reset()
+    (y1, g1), (y2, g2) = outs
+    assert torch.isnan(y2[0, 0, 0, :2]).all() and torch.isnan(y2).sum() == 2
+    torch.testing.assert_close(y2, y1, equal_nan=True)
+    torch.testing.assert_close(g2, g1, equal_nan=True)

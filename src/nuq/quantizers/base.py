@@ -89,11 +89,31 @@ def make_quantizer(name: str, bits: int = 4, signed: bool = False, **kwargs: Any
 
 def keep_nan(x: Tensor, y: Tensor) -> Tensor:
     """``y`` with NaN wherever ``x`` is NaN. A level search or a clamp maps NaN to some
-    finite level, which would hide a diverged layer from every check downstream; the
-    gradient at those elements passes straight through. (+-Inf stay the clipped levels.)"""
+    finite level, which would hide a diverged layer from every check downstream. (+-Inf
+    stay the clipped levels.) The gradient goes to ``y`` unchanged (see ``_KeepNaN``)."""
     if not x.is_floating_point():
         raise ValueError(f"quantizers take floating-point tensors, got {x.dtype}; convert with .float()")
-    return torch.where(torch.isnan(x), x.to(y.dtype), y)
+    return _KeepNaN.apply(x, y)
+
+
+class _KeepNaN(torch.autograd.Function):
+    """Forward: where(isnan(x), x, y). Backward: the incoming gradient goes to ``y`` as it
+    is, so the backward pass needs no NaN mask and does not read x again. Only NaN elements
+    differ from the gradient of ``torch.where``, and where an activation is NaN the loss
+    and every gradient that depends on it are NaN already.
+
+    Under torch.compile the test is ``x != x``: inductor's CPU code computes ``isnan`` one
+    element at a time, which made it the costliest part of a fused quantizer pass (LSQ
+    forward 0.88 ms with it, 0.24 ms without, on a 1.6M-element activation)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor) -> Tensor:  # type: ignore[override]
+        nan = x != x if torch.compiler.is_compiling() else torch.isnan(x)  # noqa: PLR0124
+        return torch.where(nan, x.to(y.dtype), y)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        return None, g
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:

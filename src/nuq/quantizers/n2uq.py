@@ -84,7 +84,12 @@ def n2uq_levels(m: int, signed: bool, scale_out: Tensor) -> Tensor:
     """beta_2 * the normalised levels, computed as integers times one float32 step (``q``
     times beta_2 * 2/m, resp. ``2q - m`` times beta_2 / m when signed): the same values up to
     rounding, and exactly an integer grid, which integer arithmetic needs."""
-    q = torch.arange(m + 1, dtype=scale_out.dtype, device=scale_out.device)
+    return n2uq_level_at(torch.arange(m + 1, dtype=scale_out.dtype, device=scale_out.device), m, signed, scale_out)
+
+
+def n2uq_level_at(q: Tensor, m: int, signed: bool, scale_out: Tensor) -> Tensor:
+    """Level q (a float tensor of integers 0..m) of ``n2uq_levels``, by the same two float
+    operations, so that elementwise and table values agree bit for bit."""
     if signed:
         return (q * 2 - m) * (scale_out * (1.0 / m))
     return q * (scale_out * (2.0 / m))
@@ -110,18 +115,23 @@ class _N2UQFunction(torch.autograd.Function):
                 signed: bool, gscale: float) -> Tensor:
         ct = compute_dtype(x)
         m = widths.numel()
-        # level of merged index j is j // 2: look it up in the table repeated twice
-        lv2 = n2uq_levels(m, signed, scale_out.to(ct)).repeat_interleave(2)
-        j, y = n2uq_search(x, start, widths, scale_in, lv2)
+        ctx.unrolled = unrolled.unrolled(2 * m + 1)  # n2uq_search takes the unrolled form
+        if ctx.unrolled:  # compiled: the level j // 2 by arithmetic, not a select chain
+            j, _ = n2uq_search(x, start, widths, scale_in)
+            y = n2uq_level_at(torch.bitwise_right_shift(j, 1).to(ct), m, signed, scale_out.to(ct))
+        else:  # level of merged index j is j // 2: look it up in the table repeated twice
+            lv2 = n2uq_levels(m, signed, scale_out.to(ct)).repeat_interleave(2)
+            j, y = n2uq_search(x, start, widths, scale_in, lv2)
         y = y.to(x.dtype)
         ctx.save_for_backward(x, j, start, widths, scale_in, scale_out)
         ctx.signed, ctx.gscale = signed, gscale
-        ctx.unrolled = unrolled.unrolled(2 * m + 1)  # the search above took the unrolled form
         return y
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         x, j, start, widths, scale_in, scale_out = ctx.saved_tensors
+        if ctx.unrolled:
+            return _backward_unrolled(ctx, g, x, j, start, widths, scale_in, scale_out)
         ct = compute_dtype(x)
         m = widths.numel()
         a, s, b1, b2 = widths.to(ct), start.to(ct), scale_in.to(ct), scale_out.to(ct)
@@ -135,17 +145,6 @@ class _N2UQFunction(torch.autograd.Function):
 
         need_params = any(ctx.needs_input_grad[1:5])
         lvn = n2uq_normalized_levels(m, ctx.signed, ct, x.device).repeat_interleave(2)
-        if ctx.unrolled:
-            # one fused loop: masked sums per G-STE interval instead of index_add_
-            grad_x = (unrolled.take(slope, jl) * gf).view(g.shape).to(g.dtype) if ctx.needs_input_grad[0] else None
-            if not need_params:
-                return grad_x, None, None, None, None, None, None
-            k = torch.div(jl + 1, 2, rounding_mode="floor")  # 0 below d_0, m + 1 above d_m
-            xl = x.reshape(-1).to(ct)
-            s0 = unrolled.interval_sums(k, gf, m + 2)[1 : m + 1]
-            gx = unrolled.interval_sums(k, gf * xl, m + 2)[1 : m + 1]
-            g_b2 = (gf * unrolled.take(lvn, jl)).sum()
-            return (grad_x, *_param_grads(ctx, s0, gx, g_b2, a, d, b1, common, start, widths, scale_in, scale_out))
         buf = None
         if need_params:
             # per merged-index sums of g and g*x (index_add_ beats bincount on CPU and GPU)
@@ -165,6 +164,36 @@ class _N2UQFunction(torch.autograd.Function):
         gx = gxj[1:-1].view(m, 2).sum(1)  # sum of g*x over interval k
         g_b2 = (s0j * lvn).sum()
         return (grad_x, *_param_grads(ctx, s0, gx, g_b2, a, d, b1, common, start, widths, scale_in, scale_out))
+
+
+def _backward_unrolled(ctx, g: Tensor, x: Tensor, j: Tensor, start: Tensor, widths: Tensor,
+                       scale_in: Tensor, scale_out: Tensor) -> tuple:
+    """The backward pass as one fused loop (under torch.compile), with the eager pass's
+    per-element terms. Everything is indexed by the G-STE interval k = (j + 1) // 2 (0
+    below d_0, m + 1 above d_m, where every gradient but beta_2's is zero), so the loop
+    compares k with 1..m once and reuses the masks for dQ/dx and the 2m interval sums;
+    beta_2's term (2/m) q (- 1) is computed from q = j // 2."""
+    ct = compute_dtype(x)
+    m = widths.numel()
+    a, s, b1, b2 = widths.to(ct), start.to(ct), scale_in.to(ct), scale_out.to(ct)
+    common = b2 * (2.0 / m)
+    jl = j.reshape(-1).to(torch.int32)
+    gf = g.reshape(-1).to(ct)
+    k = torch.bitwise_right_shift(jl + 1, 1)
+    grad_x = None
+    if ctx.needs_input_grad[0]:
+        zero = gf.new_zeros(1)
+        slope = torch.cat([zero, common * b1 / a, zero])  # dQ/dx per interval k = 0..m+1
+        grad_x = (unrolled.take(slope, k) * gf).view(g.shape).to(g.dtype)
+    if not any(ctx.needs_input_grad[1:5]):
+        return grad_x, None, None, None, None, None, None
+    gxl = gf * x.reshape(-1).to(ct)
+    s0 = unrolled.interval_sums(k, gf, m + 1, start=1)  # the compares are shared with inside
+    gx = unrolled.interval_sums(k, gxl, m + 1, start=1)
+    q = torch.bitwise_right_shift(jl, 1).to(ct)
+    g_b2 = (gf * (q * (2.0 / m) - 1 if ctx.signed else q * (2.0 / m))).sum()
+    d, _ = n2uq_boundaries(s, a)
+    return (grad_x, *_param_grads(ctx, s0, gx, g_b2, a, d, b1, common, start, widths, scale_in, scale_out))
 
 
 def _param_grads(ctx, s0: Tensor, gx: Tensor, g_b2: Tensor, a: Tensor, d: Tensor, b1: Tensor, common: Tensor,

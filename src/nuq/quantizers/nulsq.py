@@ -197,7 +197,11 @@ def _backward_unrolled(ctx, g: Tensor, x: Tensor, code: Tensor, pos: Tensor, neg
     if not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
         return grad_x, None, None, None, None
     w = torch.where(inside, gc * d, gc)
-    grad_pos, grad_neg = _step_grads(unrolled.interval_sums(j, w, nlev + 1), pos, neg, ctx.gscale)
+    if neg is None:  # interval 0 (below the zero level) feeds no gradient: one accumulator less
+        sums = torch.cat([w.new_zeros(1), unrolled.interval_sums(j, w, nlev + 1, start=1)])
+    else:
+        sums = unrolled.interval_sums(j, w, nlev + 1)
+    grad_pos, grad_neg = _step_grads(sums, pos, neg, ctx.gscale)
     return grad_x, grad_pos, grad_neg, None, None
 
 

@@ -46,9 +46,11 @@ def count_le(x: Tensor, bounds: Tensor, right: bool = True) -> Tensor:
     return n - below
 
 
-def interval_sums(j: Tensor, w: Tensor, n: int) -> Tensor:
-    """[n] sums of ``w`` per value of the integer index ``j`` (0..n-1), in w's dtype."""
-    return torch.stack([torch.where(j == i, w, 0).sum() for i in range(n)])
+def interval_sums(j: Tensor, w: Tensor, stop: int, start: int = 0) -> Tensor:
+    """[stop - start] sums of ``w`` per value ``start..stop-1`` of the integer index ``j``, in
+    w's dtype. Each sum is one more accumulator in the fused loop (a compare, a select and
+    a cascade-sum step per element), so callers ask only for the intervals they use."""
+    return torch.stack([torch.where(j == i, w, 0).sum() for i in range(start, stop)])
 
 
 def take(table: Tensor, idx: Tensor) -> Tensor:
