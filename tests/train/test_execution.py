@@ -136,3 +136,26 @@ def test_compile_without_a_compiler_is_refused(monkeypatch):
     monkeypatch.setattr(exm.shutil, "which", lambda name: None)
     with pytest.raises(ValueError, match="train.compile=true: torch.compile on CPU needs a C\\+\\+ compiler"):
         check_execution(TrainConfig(compile=True), torch.device("cpu"))
+
+
+@pytest.mark.slow  # two inductor builds of a tiny model
+def test_each_compiled_run_is_compiled_past_dynamos_recompile_limit(monkeypatch):
+    """A run of another method recompiles the shared layer/quantizer code; past the
+    recompile limit dynamo would run it eagerly. maybe_compile starts each run fresh."""
+    from torch._dynamo.utils import counters
+
+    import nuq
+    from nuq.train.execution import maybe_compile
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)  # the 9th grid cell, made early
+    x = torch.randn(4, 3, 6, 6)
+    compiled_frames = []
+    for act in ("lsq", "pact"):
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3))
+        cfg = nuq.QATConfig(weight="lsq", act=act, w_bits=2, a_bits=2, first_last="same")
+        run = maybe_compile(nuq.prepare(net, cfg, calib=[x]), TrainConfig(compile=True))
+        before = counters["frames"]["ok"]
+        run(x)
+        compiled_frames.append(counters["frames"]["ok"] - before)
+    torch.compiler.reset()
+    assert compiled_frames == [1, 1]  # the second model was compiled too, not run eagerly

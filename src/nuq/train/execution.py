@@ -87,6 +87,16 @@ def input_format(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     return x
 
 
-def maybe_compile(model: nn.Module, cfg: TrainConfig) -> nn.Module:
-    """``torch.compile(model)`` when asked (the module itself stays the one checkpointed)."""
-    return torch.compile(model) if cfg.compile else model
+def maybe_compile(model: nn.Module, cfg: TrainConfig, fresh: bool = True) -> nn.Module:
+    """``torch.compile(model)`` when asked (the module itself stays the one checkpointed).
+
+    With ``fresh``, dynamo's caches of earlier models in this process are dropped first. The
+    layer and quantizer forwards are shared code that dynamo guards on the quantizer's
+    class and settings, so every run of another method or bit width recompiles them, and
+    after ``recompile_limit`` (8) variants dynamo runs the rest eagerly with only a log
+    line: the later cells of a ``nuq compare`` grid would silently train uncompiled."""
+    if not cfg.compile:
+        return model
+    if fresh:
+        torch.compiler.reset()
+    return torch.compile(model)
