@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from . import unrolled
+from . import layout, unrolled
 
 #: bins of the lookup grid
 NUM_BINS = 4096
@@ -113,7 +113,8 @@ def count_le(x: Tensor, bounds: Tensor, right: bool = True) -> Tensor:
         return unrolled.count_le(x, bounds, right)
     tables = bin_tables(bounds) if table_search_applies(x, bounds) else None
     if tables is None:  # straight to int32: no round trip through the small index dtype
-        return torch.bucketize(x, bounds, right=right, out_int32=True)
+        j = torch.bucketize(layout.flat(x), bounds, right=right, out_int32=True)  # in x's memory order
+        return layout.unflat(j, x.shape, layout.layout(x))
     return bucket_gather(x, bounds, None, tables, right)[0].to(torch.int32)
 
 
@@ -134,10 +135,12 @@ def bucket_gather(x: Tensor, bounds: Tensor, values: Tensor | None, tables: BinT
     if tables is None and table_search_applies(x, bounds):
         tables = bin_tables(bounds)
     if tables is None:
-        j = torch.bucketize(x, bounds, right=right, out_int32=True)
-        return j.to(small), (values.index_select(0, j.view(-1)).view(x.shape) if values is not None else None)
+        st = layout.layout(x)  # flat in x's memory order: j and the values keep its layout
+        j = torch.bucketize(layout.flat(x), bounds, right=right, out_int32=True)
+        vals = layout.unflat(values.index_select(0, j), x.shape, st) if values is not None else None
+        return layout.unflat(j.to(small), x.shape, st), vals
     base, cands = tables.base, tables.cands
-    xf = x.contiguous().view(-1)
+    xf = layout.flat(x)  # in memory order: j and the values keep x's layout
     v = tables.coord(xf)
     u = v.to(torch.int32)
     j = base.to(small).index_select(0, u)
@@ -149,8 +152,9 @@ def bucket_gather(x: Tensor, bounds: Tensor, values: Tensor | None, tables: BinT
         (torch.ge if right else torch.gt)(xf, v, out=hit)
         # same-dtype add: adding a bool to a wider int takes a slow casting loop
         j.add_(hit.view(torch.uint8) if small == torch.uint8 else hit.to(small))
+    st = layout.layout(x)
     if values is None:
-        return j.view(x.shape), None
+        return layout.unflat(j, x.shape, st), None
     u.copy_(j)
     y = torch.index_select(values, 0, u, out=v)  # values share x's dtype, hence v's
-    return j.view(x.shape), y.view(x.shape)
+    return layout.unflat(j, x.shape, st), layout.unflat(y, x.shape, st)

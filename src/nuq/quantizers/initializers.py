@@ -75,6 +75,7 @@ def mse_search(
 
 def absmax(x: Tensor, per_channel: bool) -> Tensor:
     """max |x| per tensor () or per channel [C]."""
-    flat = x.reshape(x.shape[0], -1) if per_channel else x.reshape(1, -1)
-    m = flat.abs().amax(1)
-    return m if per_channel else m[0]
+    # a reduction over dims, not over a reshape: no copy of a channels_last tensor
+    if not per_channel:
+        return x.abs().amax()
+    return x.abs().amax(dim=tuple(range(1, x.dim()))) if x.dim() > 1 else x.abs()  # amax(dim=()) is over all

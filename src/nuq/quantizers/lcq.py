@@ -43,6 +43,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from . import layout
 from .base import STEP_FLOOR, Quantizer, compute_dtype, register_quantizer
 from .initializers import absmax, mse_search
 from .lsq import lsq_fake_quant
@@ -91,7 +92,8 @@ def _lcq_forward(x: Tensor, alpha: Tensor, theta: Tensor, n: int, signed: bool) 
 
     # Two full-size work buffers plus the output: on CPU every fresh large allocation
     # costs page faults, so the chain runs in place and reuses buffers via out=.
-    xf = x.to(ct).reshape(-1)
+    st = layout.layout(x)  # flat in x's memory order: y and key keep its layout (channels_last)
+    xf = layout.flat(x.to(ct))
     one = a.new_ones(())
     if signed:
         buf = xf.abs()
@@ -115,7 +117,8 @@ def _lcq_forward(x: Tensor, alpha: Tensor, theta: Tensor, n: int, signed: bool) 
         key.add_(torch.lt(xf, 0), alpha=nb1)  # negative inputs: the mirrored half
     del buf
     torch.index_select(out, 0, key, out=y)
-    return y.view(x.shape).to(x.dtype), key.view(x.shape).to(_key_dtype(k, n, signed))
+    return (layout.unflat(y, x.shape, st).to(x.dtype),
+            layout.unflat(key, x.shape, st).to(_key_dtype(k, n, signed)))
 
 
 def _key_dtype(k: int, n: int, signed: bool) -> torch.dtype:
@@ -135,20 +138,21 @@ def _lcq_backward(g: Tensor, x: Tensor, key: Tensor, alpha: Tensor, theta: Tenso
     slope = torch.cat([zero_row, (k * gamma)[:, None] * iota[None, :], zero_row])  # [K+2, n+1]
     sides = 2 if signed else 1
 
-    keyl = key.reshape(-1).to(torch.int32)
-    gf = g.reshape(-1).to(ct)
+    st = layout.layout(x)  # every flat tensor in x's memory order
+    keyl = layout.flat_in(key, st).to(torch.int32)
+    gf = layout.flat_in(g, st).to(ct)
     table = slope.reshape(-1).repeat(sides)
     buf = None
     if need_params:
         nbins = sides * (k + 2) * (n + 1)
         sum_g = torch.zeros(nbins, dtype=ct, device=x.device).index_add_(0, keyl, gf)
-        buf = gf * x.reshape(-1).to(ct)
+        buf = gf * layout.flat_in(x, st).to(ct)
         sum_gx = torch.zeros(nbins, dtype=ct, device=x.device).index_add_(0, keyl, buf)
     grad_x = None
     if need_x:
         # dQ/dx gathered per key, written into the g*x buffer when it exists (one allocation less)
         grad_x = torch.index_select(table, 0, keyl, out=buf) if buf is not None else table.index_select(0, keyl)
-        grad_x = grad_x.mul_(gf).view(g.shape).to(g.dtype)
+        grad_x = layout.unflat(grad_x.mul_(gf), g.shape, st).to(g.dtype)
     if not need_params:
         return grad_x, None, None
 
@@ -191,7 +195,9 @@ def lcq_quantize(x: Tensor, alpha: Tensor, theta: Tensor, n: int, signed: bool, 
 
 @lcq_quantize.register_fake
 def _(x, alpha, theta, n, signed, gscale):
-    return torch.empty_like(x), torch.empty(x.shape, dtype=_key_dtype(theta.numel(), n, signed), device=x.device)
+    st = layout.layout(x)  # the strides the kernel gives its outputs
+    return (torch.empty_strided(x.shape, st, dtype=x.dtype, device=x.device),
+            torch.empty_strided(x.shape, st, dtype=_key_dtype(theta.numel(), n, signed), device=x.device))
 
 
 @torch.library.custom_op("nuq::lcq_backward", mutates_args=())
@@ -203,11 +209,13 @@ def lcq_backward(g: Tensor, x: Tensor, key: Tensor, alpha: Tensor, theta: Tensor
 
 @lcq_backward.register_fake
 def _(g, x, key, alpha, theta, n, signed, gscale):
-    return torch.empty_like(g), torch.empty_like(alpha), torch.empty_like(theta)
+    gx = torch.empty_strided(g.shape, layout.layout(x), dtype=g.dtype, device=g.device)
+    return gx, torch.empty_like(alpha), torch.empty_like(theta)
 
 
 def _setup(ctx, inputs, output) -> None:
     x, alpha, theta, n, signed, gscale = inputs
+    ctx.set_materialize_grads(False)  # the key's gradient stays None, not a full-size zero fill
     ctx.save_for_backward(x, output[1], alpha, theta)
     ctx.n, ctx.signed, ctx.gscale = n, signed, gscale
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from . import layout
 from .base import STEP_FLOOR, Quantizer, compute_dtype, register_quantizer
 from .initializers import absmax, lsq_step, mse_search
 from .unrolled import compiling
@@ -43,7 +44,7 @@ def fused_fake_quant(x: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:
 def _dot(a: Tensor, b: Tensor, per_channel: bool) -> Tensor:
     """sum(a*b) per tensor, or per channel (axis 0), without a full-size temporary."""
     if not per_channel:
-        return torch.dot(a.reshape(-1), b.reshape(-1))
+        return layout.dot(a, b)
     a2, b2 = a.reshape(a.shape[0], 1, -1), b.reshape(b.shape[0], -1, 1)
     return torch.bmm(a2, b2).reshape(-1)
 

@@ -33,7 +33,7 @@ def absmax_step(x: Tensor, qp: int, per_channel: bool) -> Tensor:
     floored at STEP_FLOOR."""
     if not per_channel:
         return (x.abs().amax() / qp).clamp_min(STEP_FLOOR)
-    m = x.abs().reshape(x.shape[0], -1).amax(1)
+    m = absmax(x, per_channel=True)
     return (m / qp).clamp_min(STEP_FLOOR).view((-1,) + (1,) * (x.dim() - 1))
 
 

@@ -55,7 +55,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from . import unrolled
+from . import layout, unrolled
 from .base import STEP_FLOOR, Quantizer, compute_dtype, register_quantizer
 from .binsearch import bucket_gather
 from .initializers import absmax, mse_search
@@ -137,8 +137,9 @@ class _N2UQFunction(torch.autograd.Function):
         a, s, b1, b2 = widths.to(ct), start.to(ct), scale_in.to(ct), scale_out.to(ct)
         d, _ = n2uq_boundaries(s, a)
         common = b2 * (2.0 / m)
-        jl = j.reshape(-1).to(torch.int32)
-        gf = g.reshape(-1).to(ct)
+        st = layout.layout(x)  # every flat tensor in x's memory order (channels_last kept)
+        jl = layout.flat_in(j, st).to(torch.int32)
+        gf = layout.flat_in(g, st).to(ct)
         zero = torch.zeros(1, dtype=ct, device=x.device)
         # dQ/dx per merged index: 0 below d_0 (j = 0) and above d_m (j = 2m+1)
         slope = torch.cat([zero, (common * b1 / a).repeat_interleave(2), zero])
@@ -150,13 +151,13 @@ class _N2UQFunction(torch.autograd.Function):
             # per merged-index sums of g and g*x (index_add_ beats bincount on CPU and GPU)
             nb = 2 * m + 2
             s0j = torch.zeros(nb, dtype=ct, device=x.device).index_add_(0, jl, gf)
-            buf = gf * x.reshape(-1).to(ct)
+            buf = gf * layout.flat_in(x, st).to(ct)
             gxj = torch.zeros(nb, dtype=ct, device=x.device).index_add_(0, jl, buf)
         grad_x = None
         if ctx.needs_input_grad[0]:
             # written into the g*x buffer when it exists: one full-size allocation less
             grad_x = torch.index_select(slope, 0, jl, out=buf) if buf is not None else slope.index_select(0, jl)
-            grad_x = grad_x.mul_(gf).view(g.shape).to(g.dtype)
+            grad_x = layout.unflat(grad_x.mul_(gf), g.shape, st).to(g.dtype)
         if not need_params:
             return grad_x, None, None, None, None, None, None
 
@@ -177,17 +178,17 @@ def _backward_unrolled(ctx, g: Tensor, x: Tensor, j: Tensor, start: Tensor, widt
     m = widths.numel()
     a, s, b1, b2 = widths.to(ct), start.to(ct), scale_in.to(ct), scale_out.to(ct)
     common = b2 * (2.0 / m)
-    jl = j.reshape(-1).to(torch.int32)
-    gf = g.reshape(-1).to(ct)
+    jl = j.to(torch.int32)  # elementwise throughout, in x's shape and memory layout
+    gf = g.to(ct)
     k = torch.bitwise_right_shift(jl + 1, 1)
     grad_x = None
     if ctx.needs_input_grad[0]:
         zero = gf.new_zeros(1)
         slope = torch.cat([zero, common * b1 / a, zero])  # dQ/dx per interval k = 0..m+1
-        grad_x = (unrolled.take(slope, k) * gf).view(g.shape).to(g.dtype)
+        grad_x = (unrolled.take(slope, k) * gf).to(g.dtype)
     if not any(ctx.needs_input_grad[1:5]):
         return grad_x, None, None, None, None, None, None
-    gxl = gf * x.reshape(-1).to(ct)
+    gxl = gf * x.to(ct)
     s0 = unrolled.interval_sums(k, gf, m + 1, start=1)  # the compares are shared with inside
     gx = unrolled.interval_sums(k, gxl, m + 1, start=1)
     q = torch.bitwise_right_shift(jl, 1).to(ct)

@@ -40,7 +40,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from . import unrolled
+from . import layout, unrolled
 from .base import STEP_FLOOR, Quantizer, register_quantizer
 from .binsearch import bin_tables, bucket_gather, table_search_applies
 from .initializers import absmax, lsq_step, mse_search
@@ -130,11 +130,14 @@ class _NuLSQFunction(torch.autograd.Function):
         lv = level_table(pos, neg)
         ctx.bits, ctx.gscale = bits, gscale
         ctx.unrolled = unrolled.unrolled(lv.numel() - 1)  # level_search takes the unrolled form
-        xf = x.contiguous().view(-1)
+        # the unrolled form is elementwise: x keeps its shape and memory layout (a flat
+        # view of a channels_last x would be a transposing copy)
+        xf = x if ctx.unrolled else layout.flat(x)
+        ctx.strides = layout.layout(x)  # eager: xf's memory order, kept by y and grad_x
         code, y = level_search(xf, lv, bits)
         # only x and the uint8 level index are kept; the backward recomputes the rest
         ctx.save_for_backward(xf, code, pos, neg)
-        return y.view(x.shape)
+        return y if ctx.unrolled else layout.unflat(y, x.shape, ctx.strides)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
@@ -144,7 +147,7 @@ class _NuLSQFunction(torch.autograd.Function):
         lv = level_table(pos, neg)
         nlev = lv.numel()
         ct = torch.promote_types(xf.dtype, lv.dtype)
-        gf = g.contiguous().view(-1)
+        gf = layout.flat_in(g, ctx.strides)
         j = code.to(torch.int32)
         d = lv.to(ct).index_select(0, j).sub_(xf)  # Q(x) - x
         # interval index j: x in (lv[j-1], lv[j]], 0 below the range, nlev above it. x lies
@@ -156,7 +159,7 @@ class _NuLSQFunction(torch.autograd.Function):
         inside = torch.ones(nlev + 1, dtype=g.dtype, device=g.device)
         inside[0] = inside[nlev] = 0  # dQ/dx per interval
         gx = inside.index_select(0, j).mul_(gf)
-        grad_x = gx.view(g.shape) if ctx.needs_input_grad[0] else None
+        grad_x = layout.unflat(gx, g.shape, ctx.strides) if ctx.needs_input_grad[0] else None
         grad_pos = grad_neg = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             # per element: g*(Q-x) inside (divided by the interval's step below), g outside
@@ -183,7 +186,7 @@ def _step_grads(sums: Tensor, pos: Tensor, neg: Tensor | None, gscale: float) ->
 def _backward_unrolled(ctx, g: Tensor, x: Tensor, code: Tensor, pos: Tensor, neg: Tensor | None):
     """The backward pass as one fused loop (under torch.compile): the same per-element terms
     as the eager pass, reduced by one masked sum per interval instead of ``index_add_``.
-    x and code are flat (as saved by the forward pass), g has x's original shape."""
+    x, code and g have x's shape (nothing is flattened, so layouts are kept)."""
     lv = level_table(pos, neg)
     nlev = lv.numel()
     ct = torch.promote_types(x.dtype, lv.dtype)
@@ -191,9 +194,8 @@ def _backward_unrolled(ctx, g: Tensor, x: Tensor, code: Tensor, pos: Tensor, neg
     d = unrolled.take(lv.to(ct), j) - x.to(ct)  # Q(x) - x
     j = j + (d < 0).to(torch.int32)  # interval (lv[j-1], lv[j]]: 0 below the range, nlev above
     inside = (j != 0) & (j != nlev)
-    gf = g.reshape(-1)
-    gc = gf.to(ct)
-    grad_x = torch.where(inside, gf, 0).view(g.shape) if ctx.needs_input_grad[0] else None
+    gc = g.to(ct)
+    grad_x = torch.where(inside, g, 0) if ctx.needs_input_grad[0] else None
     if not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
         return grad_x, None, None, None, None
     w = torch.where(inside, gc * d, gc)
@@ -251,7 +253,7 @@ class NuLSQQuantizer(Quantizer):
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
-        return level_search(x.contiguous().view(-1), self.levels(), self.bits)[0].view(x.shape)
+        return layout.unflat(level_search(layout.flat(x), self.levels(), self.bits)[0], x.shape, layout.layout(x))
 
     def _initialize(self, x: Tensor, method: str) -> None:
         if method == "lsq":

@@ -67,7 +67,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from . import unrolled
+from . import layout, unrolled
 from .base import STEP_FLOOR, Quantizer, compute_dtype
 from .binsearch import count_le
 from .initializers import absmax, mse_search
@@ -95,7 +95,7 @@ def _rowdot(a: Tensor, b: Tensor, per_channel: bool) -> Tensor:
         return (a.reshape(a.shape[0], -1) * b.reshape(b.shape[0], -1)).sum(1)
     if unrolled.compiling():  # a plain reduction fuses with the elementwise work around it; dot does not
         return (a * b).sum()
-    return torch.dot(a.reshape(-1), b.reshape(-1))
+    return layout.dot(a, b)
 
 
 class _RCFFunction(torch.autograd.Function):
@@ -106,13 +106,14 @@ class _RCFFunction(torch.autograd.Function):
                 gscale: float, small_key: bool, pass_all: bool) -> Tensor:
         ct = compute_dtype(x)
         a = alpha.to(ct)
-        flat = key.reshape(-1)
+        st = layout.layout(x)  # the gathers run in x's memory order (channels_last kept)
+        flat = layout.flat_in(key, st)
         if alpha.dim() == 0:
             # scale the (tiny) table, not the output: one pass fewer, and each output value is
             # bitwise equal to alpha * level as ``levels()`` computes it
-            y = (lut_val * a).index_select(0, flat).view(x.shape)
+            y = layout.unflat((lut_val * a).index_select(0, flat), x.shape, st)
         else:
-            y = lut_val.index_select(0, flat).view(x.shape).mul_(a.view((-1,) + (1,) * (x.dim() - 1)))
+            y = layout.unflat(lut_val.index_select(0, flat), x.shape, st).mul_(a.view((-1,) + (1,) * (x.dim() - 1)))
         ctx.save_for_backward(x, alpha, key.to(torch.int16) if small_key else key, lut_val)
         ctx.gscale, ctx.lo, ctx.pass_all = gscale, lo, pass_all
         return y.to(x.dtype)
@@ -120,7 +121,8 @@ class _RCFFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         x, alpha, key, lut_val = ctx.saved_tensors
-        flat = key.reshape(-1)
+        st = layout.layout(x)
+        flat = layout.flat_in(key, st)
         if flat.dtype == torch.int16:
             flat = flat.to(torch.int32)
         ins = _inside(x, alpha, ctx.lo)
@@ -131,7 +133,7 @@ class _RCFFunction(torch.autograd.Function):
             per_channel = alpha.dim() == 1
             g32 = g.to(ct)
             # Eq. 8 summed: sum g*Pi(x/alpha) - sum g*1[inside]*x / alpha  (Pi = +-1 or 0 outside)
-            proj = _rowdot(g32, lut_val.index_select(0, flat).view(g.shape), per_channel)
+            proj = _rowdot(g32, layout.unflat(lut_val.index_select(0, flat), g.shape, st), per_channel)
             lin = _rowdot(gin.to(ct), x.to(ct), per_channel)
             grad_a = ((proj - lin / alpha.to(ct)) * ctx.gscale).to(alpha.dtype)
         return g if ctx.pass_all else gin, grad_a, None, None, None, None, None, None

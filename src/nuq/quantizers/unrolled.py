@@ -39,10 +39,11 @@ def count_le(x: Tensor, bounds: Tensor, right: bool = True) -> Tensor:
     ``torch.bucketize(x, bounds, right=right, out_int32=True)``, NaN counted above all."""
     n = bounds.numel()
     x = x.to(torch.promote_types(x.dtype, bounds.dtype))  # a bf16 x is compared in the table's dtype
-    below = torch.zeros(x.shape, dtype=torch.int32, device=x.device)
+    # every term is elementwise in x, so the count keeps x's memory layout (channels_last):
+    # a fresh zeros() start would make inductor write it, and read x, in another order
+    below = torch.zeros_like(x, dtype=torch.int32)
     for t in range(n):
-        b = bounds[t]
-        below = below + (x < b if right else x <= b).to(torch.int32)
+        below = below + (x < bounds[t] if right else x <= bounds[t]).to(torch.int32)
     return n - below
 
 
@@ -56,7 +57,9 @@ def interval_sums(j: Tensor, w: Tensor, stop: int, start: int = 0) -> Tensor:
 def take(table: Tensor, idx: Tensor) -> Tensor:
     """``table[idx]`` for a small 1-D table, as a chain of selects: vectorised in the
     compiled loop, where a gather would turn it into a scalar loop."""
-    out = table[0].expand(idx.shape)
-    for t in range(1, table.numel()):
+    if table.numel() == 1:
+        return table[0].expand(idx.shape)
+    out = torch.where(idx == 1, table[1], table[0])  # shaped (and laid out) like idx
+    for t in range(2, table.numel()):
         out = torch.where(idx == t, table[t], out)
     return out
