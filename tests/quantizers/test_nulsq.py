@@ -332,7 +332,7 @@ def test_bucketize_path_matches_cpu_search(monkeypatch):
     g = torch.randn(2000, generator=gen)
     results = []
     for search in (True, False):
-        monkeypatch.setattr(mod, "level_search", lambda *a, s=search, f=mod.level_search: f(*a, search=s))
+        monkeypatch.setattr(mod, "level_search", lambda *a, s=search, f=mod.level_search, **kw: f(*a, search=s, **kw))
         q.zero_grad()
         xr = x.clone().requires_grad_()
         y = q(xr)

@@ -78,16 +78,20 @@ def nearest_level(xf: Tensor, lv: Tensor, bits: int, search: bool | None = None)
     return _search_cpu(xf, thr, bits), lv.flip(0), True
 
 
-def level_search(xf: Tensor, lv: Tensor, bits: int, search: bool | None = None) -> tuple[Tensor, Tensor]:
+def level_search(xf: Tensor, lv: Tensor, bits: int, search: bool | None = None,
+                 negative: int = 0) -> tuple[Tensor, Tensor]:
     """(code, y) for a flat contiguous x: the uint8 index of the nearest level (as
     ``nearest_level``) and that level in x's dtype. Large float32 inputs on CPU use the
-    bin-table search (``binsearch``), a constant number of passes at any bit width."""
+    bin-table search (``binsearch``), a constant number of passes at any bit width.
+    ``negative``: the number of levels below zero (the unrolled form uses it, see below)."""
     if search is None:
         search = xf.device.type == "cpu"
-    thr = midpoints(lv)
-    if unrolled.unrolled(thr.numel()):  # compiled: comparisons and selects, one fused loop
-        k = unrolled.count_le(xf, thr)
+    if unrolled.unrolled(lv.numel() - 1):  # compiled: comparisons and selects, one fused loop
+        # the raw midpoints, the first ``negative`` of which (those below zero) send a tie
+        # down by a strict compare: the counts of ``midpoints``' moved thresholds
+        k = unrolled.count_le(xf, (lv[1:] + lv[:-1]) * 0.5, strict=negative)
         return k.to(torch.uint8), unrolled.take(lv.to(xf.dtype), k)
+    thr = midpoints(lv)
     if search and table_search_applies(xf, thr):
         tables = bin_tables(thr)
         if tables is not None:
@@ -134,7 +138,7 @@ class _NuLSQFunction(torch.autograd.Function):
         # view of a channels_last x would be a transposing copy)
         xf = x if ctx.unrolled else layout.flat(x)
         ctx.strides = layout.layout(x)  # eager: xf's memory order, kept by y and grad_x
-        code, y = level_search(xf, lv, bits)
+        code, y = level_search(xf, lv, bits, negative=0 if neg is None else neg.numel())
         # only x and the uint8 level index are kept; the backward recomputes the rest
         ctx.save_for_backward(xf, code, pos, neg)
         return y if ctx.unrolled else layout.unflat(y, x.shape, ctx.strides)
@@ -253,7 +257,8 @@ class NuLSQQuantizer(Quantizer):
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
-        return layout.unflat(level_search(layout.flat(x), self.levels(), self.bits)[0], x.shape, layout.layout(x))
+        code = level_search(layout.flat(x), self.levels(), self.bits, negative=self.qn if self.signed else 0)[0]
+        return layout.unflat(code, x.shape, layout.layout(x))
 
     def _initialize(self, x: Tensor, method: str) -> None:
         if method == "lsq":

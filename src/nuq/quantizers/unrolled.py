@@ -34,16 +34,19 @@ def unrolled(num_bounds: int) -> bool:
     return num_bounds <= MAX_UNROLLED and compiling()
 
 
-def count_le(x: Tensor, bounds: Tensor, right: bool = True) -> Tensor:
+def count_le(x: Tensor, bounds: Tensor, right: bool = True, strict: int = 0) -> Tensor:
     """int32 number of ``bounds`` (sorted, 1-D) that are <= x (< x when ``right=False``):
-    ``torch.bucketize(x, bounds, right=right, out_int32=True)``, NaN counted above all."""
+    ``torch.bucketize(x, bounds, right=right, out_int32=True)``, NaN counted above all.
+    The first ``strict`` bounds count only below x (a tie goes down), as if each were
+    moved up by one ulp: a per-vector scalar ``nextafter`` call would cost more than the
+    compare in the fused loop."""
     n = bounds.numel()
     x = x.to(torch.promote_types(x.dtype, bounds.dtype))  # a bf16 x is compared in the table's dtype
     # every term is elementwise in x, so the count keeps x's memory layout (channels_last):
     # a fresh zeros() start would make inductor write it, and read x, in another order
     below = torch.zeros_like(x, dtype=torch.int32)
     for t in range(n):
-        below = below + (x < bounds[t] if right else x <= bounds[t]).to(torch.int32)
+        below = below + (x < bounds[t] if right and t >= strict else x <= bounds[t]).to(torch.int32)
     return n - below
 
 
