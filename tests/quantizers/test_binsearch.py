@@ -161,7 +161,7 @@ def test_nulsq_table_path_equals_bucketize_path(bits, signed, monkeypatch):
         x = x0.clone().requires_grad_()
         q.zero_grad()
         with monkeypatch.context() as mp:
-            mp.setattr(nulsq, "level_search", lambda *a, f=nulsq.level_search: f(*a, search=search))
+            mp.setattr(nulsq, "level_search", lambda *a, f=nulsq.level_search, **kw: f(*a, search=search, **kw))
             y = q(x)
             y.backward(g)
             code = q.encode(x0)
