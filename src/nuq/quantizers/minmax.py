@@ -31,10 +31,8 @@ def codes_at(x: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:
 def absmax_step(x: Tensor, qp: int, per_channel: bool) -> Tensor:
     """max|x| / Qp of the tensor (0-d), or of each channel on axis 0 (shaped to broadcast),
     floored at STEP_FLOOR."""
-    if not per_channel:
-        return (x.abs().amax() / qp).clamp_min(STEP_FLOOR)
-    m = absmax(x, per_channel=True)
-    return (m / qp).clamp_min(STEP_FLOOR).view((-1,) + (1,) * (x.dim() - 1))
+    step = (absmax(x, per_channel) / qp).clamp_min(STEP_FLOOR)
+    return step.view((-1,) + (1,) * (x.dim() - 1)) if per_channel else step
 
 
 class AbsMaxCodes(nn.Module):
