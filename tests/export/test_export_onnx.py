@@ -145,7 +145,8 @@ def test_uniform_layers_are_integer_ops_nonuniform_are_lookups(images, tmp_path)
     """LSQ (and the 8-bit minmax first/last layers): activation integers from Round, a
     convolution of them with the int8 weight codes (stored as int8, a Cast that ONNX Runtime
     folds), one rescale; nuLSQ: its 3 thresholds compared, each level times its comparison,
-    the largest taken (two Max per layer), no Gather."""
+    the largest taken (two Max per layer), no Gather on activations; its float level weights
+    stored as uint8 codes and a table (a Gather of constants, folded at load)."""
     q = prepare_with("lsq", images[:16], resnet)
     info = to_onnx(q, images[:4], tmp_path / "lsq.onnx", qlinear=False)
     kinds = collections.Counter((v["weight"], v["act"]) for v in info["layers"].values())
@@ -168,8 +169,16 @@ def test_uniform_layers_are_integer_ops_nonuniform_are_lookups(images, tmp_path)
                 p.mul_(torch.linspace(0.7, 1.3, p.numel()).view(p.shape))
     info = to_onnx(q, images[:4], tmp_path / "nulsq.onnx")
     assert sum(v["act"] == "lookup" for v in info["layers"].values()) == 20
-    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "nulsq.onnx")).graph.node)
-    assert ops["GreaterOrEqual"] == 60 and ops["Max"] == 40 and ops["Gather"] == ops["Where"] == 0
+    graph = onnx.load(str(tmp_path / "nulsq.onnx")).graph
+    ops = collections.Counter(n.op_type for n in graph.node)
+    assert ops["GreaterOrEqual"] == 60 and ops["Max"] == 40 and ops["Where"] == 0
+    inits = {t.name: t for t in graph.initializer}
+    gathers = [n for n in graph.node if n.op_type == "Gather"]
+    assert sum(v["weight"] == "float" for v in info["layers"].values()) == len(gathers) == 20
+    assert all(n.input[0] in inits and n.input[0].endswith("__table") for n in gathers)
+    uint8 = [t for t in graph.initializer if t.data_type == onnx.TensorProto.UINT8]
+    assert sum(np.prod(t.dims) for t in uint8) == sum(
+        layer.weight.numel() for name, layer in nuq.quant_layers(q) if info["layers"][name]["weight"] == "float")
     with torch.no_grad():
         check_close(run_ort(tmp_path / "nulsq.onnx", images[16:]), q(images[16:]))
 

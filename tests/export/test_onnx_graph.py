@@ -1,5 +1,6 @@
 """The export's ONNX building blocks: the threshold count that replaces bucketize, and the
-pass that stores weights as integer codes behind a Cast ONNX Runtime folds."""
+passes that store weights as integer codes behind a Cast or a table Gather that ONNX Runtime
+folds at load."""
 
 import collections
 import io
@@ -12,7 +13,7 @@ from nuq.export.onnx_integer import DQWeight, select_by_thresholds
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-from nuq.export.onnx_graph import fold_weight_dequantize  # noqa: E402
+from nuq.export.onnx_graph import fold_weight_dequantize, store_weight_tables, weight_table  # noqa: E402
 
 
 @pytest.mark.parametrize("n", [1, 3, 7, 15, 16, 63])
@@ -134,3 +135,65 @@ def test_qdq_layer_keeps_its_dequantize():
     proto = _export(QDQConv(torch.tensor(0.05)), torch.rand(2, 4, 9, 9))
     assert fold_weight_dequantize(proto) == 0
     assert collections.Counter(n.op_type for n in proto.graph.node)["DequantizeLinear"] == 2
+
+
+def _level_weight(shape, levels_per_row, rows_differ, seed=0):
+    """A float weight whose rows take ``levels_per_row`` values each, one table for all rows
+    or (``rows_differ``) a table of their own per row, with a -0.0 among the values."""
+    g = torch.Generator().manual_seed(seed)
+    tables = torch.randn(shape[0] if rows_differ else 1, levels_per_row, generator=g)
+    tables[:, 0] = -0.0
+    codes = torch.randint(0, levels_per_row, shape, generator=g)
+    return torch.gather(tables.expand(shape[0], -1), 1, codes.view(shape[0], -1)).view(shape)
+
+
+@pytest.mark.parametrize("rows_differ", [False, True])
+def test_weight_table_rebuilds_the_weight_bit_for_bit(rows_differ):
+    w = _level_weight((96, 8, 3, 3), 4, rows_differ).numpy()
+    codes, table, offsets = weight_table(w)
+    assert codes.dtype == np.uint8 and codes.shape == w.shape
+    assert (offsets is not None) == rows_differ  # 96 rows x 4 values: over 256 in one table
+    index = codes.astype(np.int64) + (offsets if offsets is not None else 0)
+    np.testing.assert_array_equal(table[index].view(np.uint32), w.view(np.uint32))  # -0.0 stays -0.0
+    assert codes.nbytes + table.nbytes < w.nbytes / 3
+
+
+def test_weight_table_refuses_weights_of_many_values():
+    w = torch.randn(8, 300).numpy()  # a float weight: 300 values in a row
+    assert weight_table(w) is None
+    assert weight_table(np.array([[1.0, 2.0]], np.float32)) is None  # a table would not save bytes
+
+
+class _FloatLevelConv(torch.nn.Module):
+    def __init__(self, weight):
+        super().__init__()
+        self.register_buffer("weight", weight)
+
+    def forward(self, x):
+        return torch.nn.functional.conv2d(x, self.weight, padding=1) * 0.5
+
+
+@pytest.mark.parametrize("rows_differ", [False, True])
+def test_level_weights_are_stored_as_codes_onnx_runtime_folds(rows_differ, tmp_path):
+    """nuLSQ-style float level weights: a byte per weight in the file, and after ONNX
+    Runtime's folding at load the same float32 weights and outputs as the plain graph."""
+    m = _FloatLevelConv(_level_weight((72, 16, 3, 3), 4, rows_differ, seed=3))
+    x = torch.randn(2, 16, 9, 9)
+    plain = _export(m, x)
+    proto = _export(m, x)
+    assert store_weight_tables(proto) == 1
+    assert len(proto.SerializeToString()) < len(plain.SerializeToString()) / 3
+    assert not any(t.data_type == onnx.TensorProto.FLOAT and t.dims and np.prod(t.dims) == m.weight.numel()
+                   for t in proto.graph.initializer)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    opt = onnx.load(str(tmp_path / "opt.onnx"))
+    assert {n.op_type for n in opt.graph.node} <= {"Conv", "Mul"}  # Cast, Add and Gather folded at load
+    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = level
+        got, ref = (ort.InferenceSession(p.SerializeToString(), so, providers=["CPUExecutionProvider"])
+                    .run(None, {"input": x.numpy()})[0] for p in (proto, plain))
+        np.testing.assert_array_equal(got, ref)

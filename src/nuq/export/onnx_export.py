@@ -5,8 +5,9 @@ every QuantConv2d / QuantLinear becomes a convolution / linear op on its decoded
 behind an activation module. Weights whose level table is exactly integers ``k`` times a
 float32 scale ``s`` (LSQ, minmax, PACT-style grids, APoT's sums of powers of two) are
 stored as int8/uint8 ``k`` and a ``DequantizeLinear`` (per tensor or per output channel);
-other tables (nuLSQ, LCQ, Lloyd) as float constants holding the level values -- either way
-the decoded weights, bit for bit. BatchNorm is not folded into the weights, so the file
+other tables (nuLSQ, LCQ, Lloyd) as uint8 codes and their level table behind a ``Gather``
+(:func:`~nuq.export.onnx_graph.store_weight_tables`) -- either way the decoded weights,
+bit for bit, folded by ONNX Runtime at load, in a byte per weight. BatchNorm is not folded into the weights, so the file
 shows the weights' own levels; it is written as ``Mul(a, x) -> Add(b, .)``, the eval
 arithmetic of the prepared model's BatchNorms (:mod:`nuq.nn.batchnorm`), not as a
 BatchNormalization node, which ONNX Runtime rounds differently.
@@ -67,7 +68,7 @@ from ..nn.walk import quant_layers, set_module
 from ..quantizers import Quantizer
 from ..runs.files import atomic_write_bytes
 from .onnx_fold import fold_affine
-from .onnx_graph import fold_weight_dequantize
+from .onnx_graph import fold_weight_dequantize, store_weight_tables
 from .onnx_integer import DQWeight, int_dtype, integer_layer, select_by_thresholds
 from .onnx_requant import fuse_requantize
 from .packed import _check_model
@@ -308,9 +309,10 @@ def verification_batches(x: Tensor, seed: int = 0) -> list[Tensor]:
 
 def _rewrite(data: bytes, qlinear: bool, exact: bool) -> tuple[bytes, list[str]]:
     """The exported graph after the weight-Cast pass (:mod:`nuq.export.onnx_graph`), with
-    ``qlinear`` the QLinearConv pass (:mod:`nuq.export.onnx_requant`) and without
-    ``exact`` the folding pass (:mod:`nuq.export.onnx_fold`); plus the names of the
-    convolutions the QLinearConv pass rewrote."""
+    ``qlinear`` the QLinearConv pass (:mod:`nuq.export.onnx_requant`), without ``exact``
+    the folding pass (:mod:`nuq.export.onnx_fold`), and then the pass that stores float
+    weights of few values as uint8 codes and a table; plus the names of the convolutions
+    the QLinearConv pass rewrote."""
     try:
         import onnx
     except ImportError as e:
@@ -319,7 +321,8 @@ def _rewrite(data: bytes, qlinear: bool, exact: bool) -> tuple[bytes, list[str]]
     changed = fold_weight_dequantize(proto) > 0
     fused = fuse_requantize(proto) if qlinear else []
     folded = 0 if exact else fold_affine(proto)
-    return (proto.SerializeToString() if changed or fused or folded else data), fused
+    tables = store_weight_tables(proto)  # last: the passes above read weights as constants
+    return (proto.SerializeToString() if changed or fused or folded or tables else data), fused
 
 
 def to_onnx(model: nn.Module, example_input: Tensor, path: str | Path, opset: int = OPSET,

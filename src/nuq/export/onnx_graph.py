@@ -12,6 +12,13 @@ Runtime folds them at load into the float32 weights, bit for bit what Dequantize
 computes (``float(q) * scale``, one rounding), while the file keeps the integer codes.
 A layer whose *input* also comes from a DequantizeLinear keeps its pattern: that is the
 Q/DQ form which integer toolchains lower to QLinearConv.
+
+:func:`store_weight_tables` does the same for weights whose levels are not an integer grid
+(nuLSQ, LCQ, Lloyd): a float32 weight constant with at most 256 distinct values (over the
+tensor, or per output channel, as after ``exact=False`` folds a per-channel scale into it)
+is stored as uint8 codes and its level table, ``Gather(table, Cast(codes))``, which ONNX
+Runtime folds at load into the same float32 bits (the table holds them, compared as bit
+patterns, so even -0.0 stays -0.0). The file then holds a byte per weight instead of four.
 """
 
 from __future__ import annotations
@@ -78,6 +85,75 @@ def fold_weight_dequantize(model: Any) -> int:
     return rewritten
 
 
+#: most distinct values a weight's table may hold (its codes are uint8)
+MAX_TABLE = 256
+
+
+def weight_table(w: Any) -> tuple[Any, Any, Any] | None:
+    """(uint8 codes shaped like ``w``, float32 table, int32 per-row offsets or None) with
+    ``table.ravel()[codes + offsets] == w`` bit for bit: one table for the tensor, else one
+    per output channel (row 0), or None when neither fits 256 values or saves bytes."""
+    import numpy as np
+
+    bits = np.ascontiguousarray(w, dtype=np.float32).view(np.uint32)
+    values, codes = np.unique(bits, return_inverse=True)
+    if values.size <= MAX_TABLE:
+        table, codes, offsets = values.view(np.float32), codes.reshape(w.shape), None
+    else:
+        rows = bits.reshape(w.shape[0], -1)
+        per_row = [np.unique(r, return_inverse=True) for r in rows]
+        width = max(v.size for v, _ in per_row)
+        if width > MAX_TABLE:
+            return None
+        table = np.zeros((len(per_row), width), np.uint32)
+        for i, (v, _) in enumerate(per_row):
+            table[i, : v.size] = v
+        table = table.view(np.float32)
+        codes = np.stack([c.reshape(-1) for _, c in per_row]).reshape(w.shape)
+        offsets = (np.arange(w.shape[0], dtype=np.int32) * width).reshape((-1,) + (1,) * (w.ndim - 1))
+    if codes.size + table.size * 4 >= w.size * 4:
+        return None
+    return codes.astype(np.uint8), table.reshape(-1), offsets
+
+
+def store_weight_tables(model: Any) -> int:
+    """Store every float32 weight constant of ``model`` (an ``onnx.ModelProto``, in place)
+    that :func:`weight_table` fits as uint8 codes plus a level table; returns how many."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i, name in enumerate(n.input):
+            consumers.setdefault(name, []).append((n, i))
+    stored = 0
+    for name, t in list(inits.items()):
+        # a weight, or one that exact=False scales per channel (onnx_fold: Mul(w, alpha))
+        if t.data_type != TensorProto.FLOAT or _weight_uses(name, consumers, LAYOUT_OPS + ("Mul",)) is None:
+            continue
+        w = numpy_helper.to_array(t)
+        fit = weight_table(w) if w.ndim >= 2 else None
+        if fit is None:
+            continue
+        codes, table, offsets = fit
+        g.initializer.remove(t)
+        g.initializer.extend([numpy_helper.from_array(codes, f"{name}__codes"),
+                              numpy_helper.from_array(table, f"{name}__table")])
+        idx = f"{name}__index"
+        nodes = [helper.make_node("Cast", [f"{name}__codes"], [idx], to=TensorProto.INT32)]
+        if offsets is not None:
+            g.initializer.append(numpy_helper.from_array(offsets.astype(np.int32), f"{name}__offsets"))
+            nodes.append(helper.make_node("Add", [idx, f"{name}__offsets"], [f"{idx}_rows"]))
+            idx = f"{idx}_rows"
+        nodes.append(helper.make_node("Gather", [f"{name}__table", idx], [name], axis=0))
+        for k, n in enumerate(nodes):  # constants first: every reader follows in topological order
+            g.node.insert(k, n)
+        stored += 1
+    return stored
+
+
 def attributes(node: Any) -> dict[str, Any]:
     """A node's attributes as keyword arguments for ``helper.make_node`` (to rebuild a
     convolution as another op with the same strides, pads, groups...)."""
@@ -102,15 +178,16 @@ def _drop_unused(g: Any) -> None:
             return
 
 
-def _weight_uses(name: str, consumers: dict[str, list]) -> list[tuple[Any, int]] | None:
+def _weight_uses(name: str, consumers: dict[str, list], through: tuple[str, ...] = LAYOUT_OPS
+                 ) -> list[tuple[Any, int]] | None:
     """The weight ops that ``name`` feeds as input 1, through layout-only ops (Transpose,
-    Identity: ``F.linear`` exports as MatMul of the transposed weight), or None when it
-    feeds anything else."""
+    Identity: ``F.linear`` exports as MatMul of the transposed weight) or the other ops
+    named in ``through``, or None when it feeds anything else."""
     uses = consumers.get(name, [])
     out: list[tuple[Any, int]] = []
     for op, i in uses:
-        if op.op_type in LAYOUT_OPS:
-            more = _weight_uses(op.output[0], consumers)
+        if op.op_type in through:
+            more = _weight_uses(op.output[0], consumers, through)
             if more is None:
                 return None
             out += more
