@@ -3,7 +3,8 @@
 # so this continues wherever it stopped): W2A2 seed 0 on both models, the other W2A2 seeds,
 # then W3A3 seed 0, APoT's comparison set at W3A3 and the remaining methods and distillation
 # at W2A2 on ResNet-20 (resnet20_more.yaml), the other seeds (distillation and APoT's
-# comparison set on ResNet-20 before MobileNetV2's W3A3, then the other methods' seeds).
+# comparison set on ResNet-20 before MobileNetV2's W3A3, then the other methods' seeds), and
+# the schedule test (resnet20_long.yaml: W2A2 on all 60k images, 3.5x the steps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=configs/study/resnet20.yaml
@@ -22,3 +23,5 @@ nuq compare --config $X --set bits=[2] --set seeds=[0,1,2] --methods lsq-kd nuls
 nuq compare --config $X --set bits=[3] --set seeds=[0,1,2] --methods uniform pot lloyd
 nuq compare --config $M
 nuq compare --config $X --set bits=[2] --set seeds=[0,1,2] --methods nulsq-w lcq pact dorefa
+nuq compare --config configs/study/resnet20_long.yaml --set seeds=[0]
+nuq compare --config configs/study/resnet20_long.yaml
