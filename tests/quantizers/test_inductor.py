@@ -12,7 +12,7 @@ import nuq
 
 METHODS = nuq.available_quantizers()
 #: kernels that would end inductor's fusion inside a quantizer pass
-OPAQUE = ("bucketize", "index_add", "scatter_add", "fake_quantize", "aten.dot", "searchsorted")
+OPAQUE = ("bucketize", "index_add", "scatter_add", "fake_quantize", "aten.dot", "searchsorted", "cumsum")
 
 
 def _model(weight, act):
@@ -83,3 +83,19 @@ def test_compiled_quantizer_keeps_nan_and_the_eager_gradient(name):
     assert torch.isnan(y2[0, 0, 0, :2]).all() and torch.isnan(y2).sum() == 2
     torch.testing.assert_close(y2, y1, equal_nan=True)
     torch.testing.assert_close(g2, g1, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_unrolled_prefix_sums_are_cumsum_bit_for_bit(dtype):
+    """The compiled level tables' prefix sums round like CPU cumsum (which adds float32 in
+    float64): a float32 running sum would differ in the last bit on some tables."""
+    from nuq.quantizers.unrolled import prefix_sums
+
+    torch._dynamo.reset()
+    fn = torch.compile(prefix_sums, fullgraph=True)
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 3, 7, 15, 31):
+        for _ in range(20):
+            t = (torch.rand(n, generator=g, dtype=torch.float64) * torch.rand(1, generator=g, dtype=torch.float64) * 10)
+            t = t.to(dtype)
+            assert torch.equal(fn(t), torch.cumsum(t, 0)), n

@@ -68,7 +68,7 @@ WIDTH_FLOOR = 1e-3
 def n2uq_boundaries(start: Tensor, widths: Tensor) -> tuple[Tensor, Tensor]:
     """(d, merged): d = [d_0..d_m] (Theorem 1) and the sorted merged boundaries
     [d_0, T_1, d_1, ..., T_m, d_m] with T_i = d_{i-1} + a_i/2 (Eq. 12 level boundaries)."""
-    d = torch.cat([start.reshape(1), start + torch.cumsum(widths, 0)])
+    d = torch.cat([start.reshape(1), start + unrolled.prefix_sums(widths)])
     mids = d[:-1] + widths / 2
     merged = torch.cat([d[:1], torch.stack([mids, d[1:]], 1).reshape(-1)])
     return d, merged
@@ -203,7 +203,7 @@ def _param_grads(ctx, s0: Tensor, gx: Tensor, g_b2: Tensor, a: Tensor, d: Tensor
     the sum of g times the normalised level (g_b2); [m]-sized arithmetic."""
     s1 = b1 * gx - d[:-1] * s0  # sum of g*(x' - d_{k-1}) over interval k
     per = s0 / a  # sum of g/a_k over interval k
-    later = per.flip(0).cumsum(0).flip(0) - per  # sum over intervals k > i
+    later = unrolled.prefix_sums(per.flip(0)).flip(0) - per  # sum over intervals k > i
     gs = ctx.gscale
     grad_w = (common * (-s1 / (a * a) - later) * gs).to(widths.dtype)
     grad_s = (-common * per.sum() * gs).to(start.dtype)

@@ -51,9 +51,9 @@ def level_table(pos: Tensor, neg: Tensor | None) -> Tensor:
     """Sorted levels [-c'_Qn, ..., -c'_1, 0, c_1, ..., c_Qp] from steps ordered from zero
     outward, in at least float32 (the one table forward, backward and ``levels()`` share)."""
     dt = torch.promote_types(pos.dtype, torch.float32)
-    parts = [pos.new_zeros(1, dtype=dt), pos.to(dt).cumsum(0)]
+    parts = [pos.new_zeros(1, dtype=dt), unrolled.prefix_sums(pos.to(dt))]
     if neg is not None:
-        parts.insert(0, neg.to(dt).cumsum(0).flip(0).neg())
+        parts.insert(0, unrolled.prefix_sums(neg.to(dt)).flip(0).neg())
     return torch.cat(parts)
 
 

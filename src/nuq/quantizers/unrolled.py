@@ -57,6 +57,23 @@ def interval_sums(j: Tensor, w: Tensor, stop: int, start: int = 0) -> Tensor:
     return torch.stack([torch.where(j == i, w, 0).sum() for i in range(start, stop)])
 
 
+def prefix_sums(t: Tensor) -> Tensor:
+    """``torch.cumsum(t, 0)`` of a short 1-D float tensor, bit for bit: the CPU kernel adds
+    in the accumulation type (float64 for float32) and rounds each prefix once, and so does
+    the unrolled form. Compiled, ``cumsum`` is an opaque library call: a level table built
+    with it sits between the BatchNorm that feeds a quantizer and the quantizer's loop, and
+    keeps inductor from fusing the two (measured: a separate pass over the activation)."""
+    if not (compiling() and t.numel() <= MAX_UNROLLED):
+        return torch.cumsum(t, 0)
+    acc_dtype = torch.float64 if t.dtype in (torch.float32, torch.float64) else torch.float32
+    acc, out = t[0].to(acc_dtype), []
+    for i in range(t.numel()):
+        if i:
+            acc = acc + t[i].to(acc_dtype)
+        out.append(acc)
+    return torch.stack(out).to(t.dtype)
+
+
 def take(table: Tensor, idx: Tensor) -> Tensor:
     """``table[idx]`` for a small 1-D table, as a chain of selects: vectorised in the
     compiled loop, where a gather would turn it into a scalar loop."""
