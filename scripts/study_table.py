@@ -1,6 +1,8 @@
 """Print README's study table from the committed cells in results/study/ (each cell's
-metrics.json): test top-1 per model, method and bit width, mean +- std over the seeds done,
-and the difference to the float model the cells start from.
+metrics.json): test top-1 per grid folder (a model, or a model's variant such as
+``resnet20_long``, the longer schedule), method and bit width, mean +- std over the seeds
+done, and the difference to the float model the cells start from (named in each cell's
+config.yaml).
 
     python scripts/study_table.py [results/study]
 """
@@ -10,6 +12,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+import yaml
 
 from nuq.commands.compare import summarize
 from nuq.models.pretrained import record
@@ -30,13 +34,19 @@ def cells(root: Path) -> dict[str, list[dict]]:
     return out
 
 
+def base_model(root: Path, grid: str) -> str:
+    """The model name of a grid folder's cells (``resnet20_long`` -> ``resnet20``)."""
+    config = next((root / grid).glob("*/config.yaml"))
+    return yaml.safe_load(config.read_text())["model"]["name"]
+
+
 def table(root: Path) -> str:
     found = cells(root)
     models = sorted(found)
     stats = {m: summarize(found[m]) for m in models}
     bits = sorted({b for m in models for (_, b) in stats[m]})
     cols = [(m, b) for m in models for b in bits if any(bb == b for (_, bb) in stats[m])]
-    floats = {m: record(m, "fashion_mnist")["test_top1"] for m in models}
+    floats = {m: record(base_model(root, m), "fashion_mnist")["test_top1"] for m in models}
     head = "| method | " + " | ".join(f"{m} W{b}A{b}" for m, b in cols) + " |"
     lines = [head, "|---|" + "---:|" * len(cols),
              "| float (shipped) | " + " | ".join(f"{floats[m]:.2f}" for m, _ in cols) + " |"]
