@@ -43,7 +43,10 @@ class _QuantMixin:
         y = acc * s
         return y if self.bias is None else y + self.bias.view(shape)
 
-    def _attach(self, weight_quantizer, act_quantizer, weight_transform) -> None:
+    def __init__(self, *args, weight_quantizer: Quantizer | None = None, act_quantizer: Quantizer | None = None,
+                 weight_transform: nn.Module | None = None, **kwargs) -> None:
+        # the float layer's own arguments go on to nn.Conv2d / nn.Linear (next in the MRO)
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
         self.weight_quantizer = weight_quantizer
         self.act_quantizer = act_quantizer
         self.weight_transform = weight_transform
@@ -70,11 +73,6 @@ class _QuantMixin:
 class QuantConv2d(_QuantMixin, nn.Conv2d):
     """``nn.Conv2d`` with fake-quantized input and weight."""
 
-    def __init__(self, *args, weight_quantizer: Quantizer | None = None, act_quantizer: Quantizer | None = None,
-                 weight_transform: nn.Module | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._attach(weight_quantizer, act_quantizer, weight_transform)
-
     def forward(self, x: Tensor) -> Tensor:
         ops = self._integer(x)
         if ops is not None:
@@ -94,11 +92,6 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
 
 class QuantLinear(_QuantMixin, nn.Linear):
     """``nn.Linear`` with fake-quantized input and weight."""
-
-    def __init__(self, *args, weight_quantizer: Quantizer | None = None, act_quantizer: Quantizer | None = None,
-                 weight_transform: nn.Module | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._attach(weight_quantizer, act_quantizer, weight_transform)
 
     def forward(self, x: Tensor) -> Tensor:
         ops = self._integer(x)
