@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nuq.export.onnx_integer import DQWeight, select_by_thresholds
+from nuq.export.onnx_integer import DQWeight, arithmetic_step, select_by_thresholds
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -17,15 +17,25 @@ from nuq.export.onnx_graph import fold_weight_dequantize, store_weight_tables, w
 
 
 @pytest.mark.parametrize("n", [1, 3, 7, 15, 16, 63])
-@pytest.mark.parametrize("integer_values", [False, True])
-def test_threshold_count_equals_bucketize(n, integer_values):
+@pytest.mark.parametrize("values_kind", ["float", "consecutive", "odd", "grid"])
+def test_threshold_count_equals_bucketize(n, values_kind):
     g = torch.Generator().manual_seed(n)
     t = torch.sort(torch.randn(n, generator=g))[0]
-    values = (torch.arange(n + 1.0) - 2 if integer_values else torch.cumsum(torch.rand(n + 1, generator=g), 0))
+    k = torch.arange(n + 1.0)
+    values = {"float": torch.cumsum(torch.rand(n + 1, generator=g), 0), "consecutive": k - 2,
+              "odd": 2 * k - n,  # signed DoReFa / N2UQ inputs: -3, -1, 1, 3 at 2 bits
+              "grid": k * 0.1 - 0.3}[values_kind]  # float steps: the count form only where it is exact
     # inputs on the thresholds, one float step either side of them, and at random
     x = torch.cat([t, torch.nextafter(t, t - 1), torch.nextafter(t, t + 1), torch.randn(1000, generator=g) * 2])
     want = values[torch.bucketize(x, t, right=True)]
     assert torch.equal(select_by_thresholds(x, t, values), want)
+    step = arithmetic_step(values)
+    if values_kind == "grid" and n > 1:
+        assert step is None  # k * 0.1 + (-0.3) rounds apart from k * 0.1 - 0.3 somewhere
+    if values_kind in ("consecutive", "odd"):
+        assert step == (1.0 if values_kind == "consecutive" else 2.0)
+    if step is not None:  # the count form: exact by the check, whatever the values
+        assert torch.equal(torch.arange(n + 1.0) * step + values[0], values)
 
 
 @pytest.mark.parametrize("seed", range(40))

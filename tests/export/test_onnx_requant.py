@@ -51,17 +51,20 @@ def test_qlinear_graph_gives_the_float_graphs_outputs_bit_for_bit(act, weight, b
 
 
 @needs_data
-def test_signed_input_codes_run_as_qlinear_with_a_zero_point(tmp_path):
+@pytest.mark.parametrize("act,weight,zero_point", [("lsq", "lsq", 2), ("n2uq", "n2uq_w", 3), ("dorefa", "dorefa", 3)])
+def test_signed_input_codes_run_as_qlinear_with_a_zero_point(act, weight, zero_point, tmp_path):
     """The shipped MobileNetV2 at W2A2: the expansion layers read signed codes (the linear
     bottleneck has no ReLU); they become QLinearConv too, their uint8 input shifted by the
-    zero point 2, and the outputs equal the float-convolution graph's bit for bit."""
+    zero point (LSQ's codes -2..1: 2; N2UQ's and DoReFa's signed inputs, odd codes -3..3
+    written as twice a threshold count minus 3: 3), and the outputs equal the
+    float-convolution graph's bit for bit."""
     from nuq.data import load_dataset
     from nuq.export.onnx_export import verification_batches
 
     test = load_dataset("fashion_mnist", train=False)
     x = test.normalize(test.images[:300])
     model = nuq.create_model("mobilenetv2", num_classes=10, in_channels=1, pretrained="fashion_mnist")
-    q = nuq.prepare(model, nuq.QATConfig(weight="lsq", act="lsq", w_bits=2, a_bits=2), calib=[x[:256]]).eval()
+    q = nuq.prepare(model, nuq.QATConfig(weight=weight, act=act, w_bits=2, a_bits=2), calib=[x[:256]]).eval()
     signed = [n for n, layer in nuq.quant_layers(q) if layer.act_quantizer is not None and layer.act_quantizer.signed]
     fast = to_onnx(q, x[:8], tmp_path / "fast.onnx")
     assert to_onnx(q, x[:8], tmp_path / "plain.onnx", qlinear=False)["qlinear"] == []
@@ -69,7 +72,7 @@ def test_signed_input_codes_run_as_qlinear_with_a_zero_point(tmp_path):
     assert len(signed) >= 16 and len(expansions) == 16
     graph = onnx.load(str(tmp_path / "fast.onnx")).graph
     zps = {t.name: int(onnx.numpy_helper.to_array(t)) for t in graph.initializer if t.name.endswith("__zp")}
-    assert sorted(set(zps.values())) == [0, 2]
+    assert sorted(set(zps.values())) == [0, zero_point]
     for b in [x] + verification_batches(x[:128])[1:]:
         np.testing.assert_array_equal(run(tmp_path / "fast.onnx", b), run(tmp_path / "plain.onnx", b))
 

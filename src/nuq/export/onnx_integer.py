@@ -64,14 +64,28 @@ class DQWeight(torch.autograd.Function):
         return g.op("DequantizeLinear", w, scale, zp, axis_i=0)
 
 
+def arithmetic_step(values: Tensor) -> float | None:
+    """The step d when ``k * d + values[0]`` (float32 multiply, then add) gives ``values[k]``
+    exactly for every k and d > 0, else None."""
+    if values.numel() < 2 or values.dtype != torch.float32:
+        return None
+    d = values[1] - values[0]
+    k = torch.arange(values.numel(), dtype=values.dtype)
+    if not d > 0 or not torch.equal(k * d + values[0], values):
+        return None
+    return float(d)
+
+
 def select_by_thresholds(x: Tensor, thresholds: Tensor, values: Tensor) -> Tensor:
     """``values[sum_i (x >= thresholds[i])]`` for ascending ``thresholds``.
 
     Up to 15 thresholds (b <= 4) every op is elementwise over the tensor's own shape and no
     arithmetic rounds:
 
-    * values that are consecutive integers (N2UQ's codes): the count ``sum_i Cast(x >= t_i)``
-      plus the first;
+    * values in arithmetic progression that ``count * step + first`` computes exactly in
+      float32 (N2UQ's codes, consecutive integers; the odd integers of signed DoReFa and
+      N2UQ inputs, step 2): the count ``sum_i Cast(x >= t_i)`` times the step, plus the
+      first -- a count the QLinearConv pass (:mod:`nuq.export.onnx_requant`) recognises;
     * other tables: the largest positive level reached, ``max_i(v[i+1] * Cast(x >= t_i))``
       over the positive levels, plus the most negative one, ``min_j(v[j] * Cast(x < t_j))``
       over the negative levels. Each product is a level or zero, at most one of the two
@@ -85,10 +99,13 @@ def select_by_thresholds(x: Tensor, thresholds: Tensor, values: Tensor) -> Tenso
     v0 = values[0]
     if n > 15:
         return values[(x.unsqueeze(-1) >= thresholds).sum(-1)]
-    if torch.equal(values, v0 + torch.arange(values.numel(), dtype=values.dtype)):
+    step = arithmetic_step(values)
+    if step is not None:
         count = (x >= thresholds[0]).to(x.dtype)
         for i in range(1, n):
             count = count + (x >= thresholds[i]).to(x.dtype)
+        if step != 1:
+            count = count * step
         return count + v0 if float(v0) != 0 else count
     # every level positive: the first one is the floor; every level negative: the last one
     # is the ceiling
