@@ -54,10 +54,7 @@ def fold_weight_dequantize(model: Any) -> int:
     g = model.graph
     consts = _constant_values(g)
     producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list[Any]] = {}
-    for n in g.node:
-        for i, name in enumerate(n.input):
-            consumers.setdefault(name, []).append((n, i))
+    consumers = _consumers(g)
     rewritten = 0
     new_nodes = []
     for n in g.node:
@@ -123,13 +120,10 @@ def store_weight_tables(model: Any) -> int:
     from onnx import TensorProto, helper, numpy_helper
 
     g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    consumers: dict[str, list[Any]] = {}
-    for n in g.node:
-        for i, name in enumerate(n.input):
-            consumers.setdefault(name, []).append((n, i))
+    consumers = _consumers(g)
     stored = 0
-    for name, t in list(inits.items()):
+    for t in list(g.initializer):
+        name = t.name
         # a weight, or one that exact=False scales per channel (onnx_fold: Mul(w, alpha))
         if t.data_type != TensorProto.FLOAT or _weight_uses(name, consumers, LAYOUT_OPS + ("Mul",)) is None:
             continue
@@ -176,6 +170,15 @@ def _drop_unused(g: Any) -> None:
             g.initializer.remove(t)
         if not dead and not unused:
             return
+
+
+def _consumers(g: Any) -> dict[str, list[tuple[Any, int]]]:
+    """tensor name -> the (node, input index) pairs that read it."""
+    out: dict[str, list[tuple[Any, int]]] = {}
+    for n in g.node:
+        for i, name in enumerate(n.input):
+            out.setdefault(name, []).append((n, i))
+    return out
 
 
 def _weight_uses(name: str, consumers: dict[str, list], through: tuple[str, ...] = LAYOUT_OPS

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .onnx_graph import _constant_values, _drop_unused, attributes
+from .onnx_graph import _constant_values, _consumers, _drop_unused, attributes
 
 #: distance (in code units) every requantized value keeps from a rounding tie: float32
 #: rounding of (K*acc + B) * M moves a value below 255 by at most 255 * 2^-24 = 1.5e-5, so
@@ -89,10 +89,7 @@ class _Graph:
         self.g = g
         self.consts = _constant_values(g)
         self.producer = {o: n for n in g.node for o in n.output}
-        self.consumers: dict[str, list[tuple[Any, int]]] = {}
-        for n in g.node:
-            for i, name in enumerate(n.input):
-                self.consumers.setdefault(name, []).append((n, i))
+        self.consumers = _consumers(g)
         self.outputs = {o.name for o in g.output}
 
     def const(self, name: str) -> np.ndarray | None:

@@ -60,17 +60,15 @@ def interval_sums(j: Tensor, w: Tensor, stop: int, start: int = 0) -> Tensor:
 def prefix_sums(t: Tensor) -> Tensor:
     """``torch.cumsum(t, 0)`` of a short 1-D float tensor, bit for bit: the CPU kernel adds
     in the accumulation type (float64 for float32) and rounds each prefix once, and so does
-    the unrolled form. Compiled, ``cumsum`` is an opaque library call: a level table built
-    with it sits between the BatchNorm that feeds a quantizer and the quantizer's loop, and
-    keeps inductor from fusing the two (measured: a separate pass over the activation)."""
+    the unrolled form. Compiled, ``cumsum`` is an opaque library call between the BatchNorm
+    that feeds a quantizer and the quantizer's loop; without it the two land in one generated
+    kernel (their loops stay apart, and the step time did not change measurably)."""
     if not (compiling() and t.numel() <= MAX_UNROLLED):
         return torch.cumsum(t, 0)
     acc_dtype = torch.float64 if t.dtype in (torch.float32, torch.float64) else torch.float32
-    acc, out = t[0].to(acc_dtype), []
-    for i in range(t.numel()):
-        if i:
-            acc = acc + t[i].to(acc_dtype)
-        out.append(acc)
+    out = [t[0].to(acc_dtype)]
+    for i in range(1, t.numel()):
+        out.append(out[-1] + t[i].to(acc_dtype))
     return torch.stack(out).to(t.dtype)
 
 
