@@ -1,5 +1,5 @@
-"""Time of one training step of ResNet-20 (batch 128, Fashion-MNIST size 1x28x28), float and
-W2A2 QAT, under every execution setting of ``train:`` (fp32/bf16, eager/compiled,
+"""Time of one training step of ResNet-20 (or ``--model mobilenetv2``; batch 128,
+Fashion-MNIST size 1x28x28), float and W2A2 QAT, under every execution setting of ``train:`` (fp32/bf16, eager/compiled,
 channels_last), measured in one interleaved run at the machine's default thread count.
 
 Each candidate is warmed up (compiled ones until their compile is done, whose time is
@@ -8,6 +8,7 @@ rounds is kept, so drift on a shared machine hits every candidate alike. Ratios 
 the float step of the same setting and to the fp32 eager float step.
 
     python bench/train_step.py [--methods lsq nulsq apot n2uq lcq] [--settings fp32 bf16-cl-compile]
+    python bench/train_step.py --model mobilenetv2 --width 0.5 --methods lsq
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ def main() -> None:
     ap.add_argument("--methods", nargs="*", default=["lsq", "nulsq", "apot", "n2uq", "lcq"])
     ap.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--model", default="resnet20", choices=["resnet20", "mobilenetv2"])
+    ap.add_argument("--width", type=float, default=None,
+                    help="channels of the first stage (resnet20, default 16) or width multiplier "
+                         "(mobilenetv2, default 0.5)")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
@@ -67,7 +71,10 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.randn(args.batch, 1, 28, 28, device=dev)
     y = torch.randint(0, 10, (args.batch,), device=dev)
-    model = nuq.create_model("resnet20", num_classes=10, in_channels=1, width=args.width).to(dev)
+    width = args.width or {"resnet20": 16, "mobilenetv2": 0.5}[args.model]
+    if args.model == "resnet20":
+        width = int(width)
+    model = nuq.create_model(args.model, num_classes=10, in_channels=1, width=width).to(dev)
     models = {"float": model}
     for m in args.methods:
         cfg = nuq.QATConfig(weight=WEIGHT_OF.get(m, m), act=m, w_bits=2, a_bits=2)
@@ -84,7 +91,7 @@ def main() -> None:
     med = interleaved_medians(steps, args.rounds)
     base = med[("float", "fp32")] if ("float", "fp32") in med else None
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"ResNet-20 width {args.width}, batch {args.batch}, {where}, "
+    print(f"{args.model} width {width}, batch {args.batch}, {where}, "
           f"median of {args.rounds} interleaved rounds")
     print(f"{'model':8s} {'setting':16s} {'ms':>8s} {'/float same':>11s} {'/fp32 float':>11s} {'warm-up s':>9s}")
     for (name, s), t in med.items():

@@ -4,7 +4,8 @@
 # then W3A3 seed 0, APoT's comparison set at W3A3 and the remaining methods and distillation
 # at W2A2 on ResNet-20 (resnet20_more.yaml), the other seeds (distillation and APoT's
 # comparison set on ResNet-20, the schedule test -- resnet20_long.yaml: W2A2 on all 60k
-# images, 3.5x the steps -- before MobileNetV2's W3A3, then the other methods' seeds).
+# images, 3.5x the steps -- MobileNetV2's W3A3, APoT's comparison set's seeds, then the other
+# methods' seeds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=configs/study/resnet20.yaml
@@ -20,8 +21,9 @@ nuq compare --config $X --set bits=[2] --methods lsq-kd nulsq-a-kd n2uq-kd nulsq
 nuq compare --config $M --set bits=[2]
 nuq compare --config $R
 nuq compare --config $X --set bits=[2] --set seeds=[0,1,2] --methods lsq-kd nulsq-a-kd n2uq-kd
-nuq compare --config $X --set bits=[3] --set seeds=[0,1,2] --methods uniform pot lloyd
 nuq compare --config configs/study/resnet20_long.yaml --set seeds=[0]
 nuq compare --config configs/study/resnet20_long.yaml
+nuq compare --config $M --set seeds=[0]
 nuq compare --config $M
+nuq compare --config $X --set bits=[3] --set seeds=[0,1,2] --methods uniform pot lloyd
 nuq compare --config $X --set bits=[2] --set seeds=[0,1,2] --methods nulsq-w lcq pact dorefa
