@@ -9,7 +9,7 @@ from nuq.runs.config import load_config
 
 ROOT = Path(__file__).parent.parent / "configs"
 RUNS = sorted(ROOT.glob("*.yaml"))
-GRIDS = sorted((ROOT / "compare").glob("*.yaml")) + sorted((ROOT / "recipes").glob("*.yaml"))
+GRIDS = [p for d in ("compare", "recipes", "study") for p in sorted((ROOT / d).glob("*.yaml"))]
 
 
 @pytest.mark.parametrize("path", RUNS, ids=lambda p: p.name)
