@@ -39,17 +39,21 @@ def accuracy_vs_bits(rows: list[dict], path: str | Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "float"))
-    for m in methods:
+    # more methods than the default ten colours: every method still gets its own colour and marker
+    colours = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20").colors
+    for i, m in enumerate(methods):
         bits = sorted({r["bits"] for r in rows if r["method"] == m})
         vals = [[r["top1"] for r in rows if r["method"] == m and r["bits"] == b] for b in bits]
         ax.errorbar(bits, [statistics.mean(v) for v in vals],
-                    yerr=[statistics.stdev(v) if len(v) > 1 else 0 for v in vals], marker="o", capsize=3, label=m)
+                    yerr=[statistics.stdev(v) if len(v) > 1 else 0 for v in vals], marker="osD^v<>P*Xph"[i % 12],
+                    color=colours[i % len(colours)], capsize=3, label=m)
+    ax.set_xticks(sorted({r["bits"] for r in rows if r["method"] != "float"}))
     fl = [r["top1"] for r in rows if r["method"] == "float"]
     if fl:
         ax.axhline(sum(fl) / len(fl), color="k", ls="--", lw=1, label="float")
     ax.set_xlabel("bits (W = A)")
     ax.set_ylabel("test top-1 (%)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes: never over a point
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
