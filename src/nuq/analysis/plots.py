@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from ..nn.walk import quant_layers  # noqa: E402
@@ -75,6 +76,7 @@ def training_curves(runs: Mapping[str, str | Path], path: str | Path) -> Path:
     a2.set_ylabel("train loss")
     for a in (a1, a2):
         a.grid(alpha=0.3)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     a1.legend(fontsize=7)
     return _save(fig, path)
 
