@@ -16,10 +16,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from study_table import ORDER, base_model, cells
+from study_table import ORDER, cells, float_top1
 
 from nuq.analysis import plots
-from nuq.models.pretrained import record
 
 
 def draw(root: Path, out: Path) -> list[Path]:
@@ -30,12 +29,10 @@ def draw(root: Path, out: Path) -> list[Path]:
         found.sort(key=lambda r: ((ORDER + [r["method"]]).index(r["method"]), r["bits"], r["seed"]))
         bits = sorted({r["bits"] for r in found})
         if len(bits) > 1:
-            float_top1 = record(base_model(root, grid), "fashion_mnist")["test_top1"]
-            rows = [{"method": "float", "bits": 32, "top1": float_top1}, *found]
+            rows = [{"method": "float", "bits": 32, "top1": float_top1(root, grid)}, *found]
             written.append(plots.accuracy_vs_bits(rows, out / f"{grid}_accuracy_vs_bits.png"))
         for b in bits:
-            runs = {f"{r['method']} W{b}A{b}": root / grid / f"{r['method']}_w{b}a{b}_s0"
-                    for r in found if r["bits"] == b and r["seed"] == 0}
+            runs = {f"{r['method']} W{b}A{b}": r["dir"] for r in found if r["bits"] == b and r["seed"] == 0}
             suffix = "" if b == bits[0] else f"_w{b}a{b}"
             written.append(plots.training_curves(runs, out / f"{grid}_training_curves{suffix}.png"))
     return written

@@ -23,14 +23,14 @@ ORDER = ["lsq", "nulsq-a", "nulsq-wa", "n2uq", "apot", "nulsq-w", "lcq", "pact",
 
 
 def cells(root: Path) -> dict[str, list[dict]]:
-    """{model: [{method, bits, seed, top1}]} of every finished cell under ``root``."""
+    """{model: [{method, bits, seed, top1, dir}]} of every finished cell under ``root``."""
     out: dict[str, list[dict]] = {}
     for m in sorted(root.glob("*/*/metrics.json")):
         saved = json.loads(m.read_text())
         method, wa, seed = m.parent.name.rsplit("_", 2)
         out.setdefault(m.parent.parent.name, []).append(
             {"method": method, "bits": int(wa[1:wa.index("a")]), "seed": int(seed[1:]),
-             "top1": saved["final"]["test_top1"]})
+             "top1": saved["final"]["test_top1"], "dir": m.parent})
     return out
 
 
@@ -40,13 +40,18 @@ def base_model(root: Path, grid: str) -> str:
     return yaml.safe_load(config.read_text())["model"]["name"]
 
 
+def float_top1(root: Path, grid: str) -> float:
+    """Test top-1 of the shipped float model a grid folder's cells start from."""
+    return record(base_model(root, grid), "fashion_mnist")["test_top1"]
+
+
 def table(root: Path) -> str:
     found = cells(root)
     models = sorted(found)
     stats = {m: summarize(found[m]) for m in models}
     bits = sorted({b for m in models for (_, b) in stats[m]})
     cols = [(m, b) for m in models for b in bits if any(bb == b for (_, bb) in stats[m])]
-    floats = {m: record(base_model(root, m), "fashion_mnist")["test_top1"] for m in models}
+    floats = {m: float_top1(root, m) for m in models}
     head = "| method | " + " | ".join(f"{m} W{b}A{b}" for m, b in cols) + " |"
     lines = [head, "|---|" + "---:|" * len(cols),
              "| float (shipped) | " + " | ".join(f"{floats[m]:.2f}" for m, _ in cols) + " |"]
