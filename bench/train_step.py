@@ -1,6 +1,7 @@
 """Time of one training step of ResNet-20 (or ``--model mobilenetv2``; batch 128,
 Fashion-MNIST size 1x28x28), float and W2A2 QAT, under every execution setting of ``train:`` (fp32/bf16, eager/compiled,
-channels_last), measured in one interleaved run at the machine's default thread count.
+channels_last; ``bf16-cl-qcompile``: only the quantizer modules compiled, its ratio to the
+eager bf16-cl float step), measured in one interleaved run at the machine's default thread count.
 
 Each candidate is warmed up (compiled ones until their compile is done, whose time is
 printed), then the candidates take turns, one step each per round, and the median of the
@@ -32,12 +33,18 @@ SETTINGS = {
     "bf16": ex.TrainConfig(precision="bf16"),
     "bf16-cl": ex.TrainConfig(precision="bf16", channels_last=True),
     "bf16-cl-compile": ex.TrainConfig(precision="bf16", channels_last=True, compile=True),
+    # only the quantizer modules compiled (each on its own), convolutions and BatchNorms eager
+    "bf16-cl-qcompile": ex.TrainConfig(precision="bf16", channels_last=True),
 }
+QUANTIZERS_ONLY = {"bf16-cl-qcompile"}
 
 
-def make_step(model, tc: ex.TrainConfig, x, y, dev: torch.device):
+def make_step(model, tc: ex.TrainConfig, x, y, dev: torch.device, quantizers_only: bool = False):
     model = ex.to_memory_format(model.to(dev), tc)
     run = ex.maybe_compile(model, tc, fresh=False)  # every candidate stays compiled side by side
+    if quantizers_only:
+        for _, q in nuq.named_quantizers(model):
+            q.compile(fullgraph=True)
     x = ex.input_format(x, tc)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
@@ -82,7 +89,9 @@ def main() -> None:
     steps, warm = {}, {}
     for s in args.settings:
         for name, mdl in models.items():
-            fn = make_step(copy.deepcopy(mdl), SETTINGS[s], x, y, dev)
+            if s in QUANTIZERS_ONLY and name == "float":
+                continue
+            fn = make_step(copy.deepcopy(mdl), SETTINGS[s], x, y, dev, quantizers_only=s in QUANTIZERS_ONLY)
             t = time.perf_counter()
             for _ in range(3):
                 fn()
@@ -95,7 +104,7 @@ def main() -> None:
           f"median of {args.rounds} interleaved rounds")
     print(f"{'model':8s} {'setting':16s} {'ms':>8s} {'/float same':>11s} {'/fp32 float':>11s} {'warm-up s':>9s}")
     for (name, s), t in med.items():
-        same = t / med[("float", s)]
+        same = t / med[("float", s if s not in QUANTIZERS_ONLY else "bf16-cl")]
         rel = f"{t / base:11.2f}" if base else f"{'-':>11s}"
         print(f"{name:8s} {s:16s} {t * 1e3:8.1f} {same:11.2f} {rel} {warm[(name, s)]:9.1f}")
 
