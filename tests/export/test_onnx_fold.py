@@ -12,7 +12,7 @@ from tests_helpers import needs_data
 import nuq
 from nuq.export import to_onnx
 from nuq.export.onnx_fold import _affine_chain
-from nuq.export.onnx_requant import _Graph
+from nuq.export.onnx_numpy import _Graph
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")

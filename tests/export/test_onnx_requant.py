@@ -11,7 +11,9 @@ from tests_helpers import needs_data
 
 import nuq
 from nuq.export import to_onnx
-from nuq.export.onnx_requant import MARGIN, _code_range, _fit, _fit_channel, _Graph
+from nuq.export.onnx_numpy import _Graph
+from nuq.export.onnx_range import _code_range
+from nuq.export.onnx_requant import MARGIN, _fit, _fit_channel
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")

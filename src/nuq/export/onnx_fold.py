@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .onnx_graph import _drop_unused, attributes
-from .onnx_requant import _Graph, _per_channel
+from .onnx_numpy import _Graph, _per_channel
 
 
 def _affine_chain(G: _Graph, conv: Any, channels: int) -> tuple[list[Any], np.ndarray, np.ndarray] | None:

@@ -34,7 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from .onnx_graph import _constant_values, _consumers, _drop_unused, attributes
+from .onnx_graph import _drop_unused, attributes
+from .onnx_numpy import ELEMENTWISE, _eval_node, _Graph, _per_channel
+from .onnx_range import _code_range
 
 #: distance (in code units) every requantized value keeps from a rounding tie: float32
 #: rounding of (K*acc + B) * M moves a value below 255 by at most 255 * 2^-24 = 1.5e-5, so
@@ -42,82 +44,6 @@ from .onnx_graph import _constant_values, _consumers, _drop_unused, attributes
 MARGIN = 1e-4
 #: at most this many acc values per channel are evaluated (4-bit layers: ~140k)
 MAX_RANGE = 1 << 20
-
-_UNARY = {
-    "Relu": lambda x: np.maximum(x, np.float32(0)),
-    "Round": np.rint,  # ONNX Round: half to even, as np.rint
-    "Floor": np.floor,
-    "Ceil": np.ceil,
-    "Neg": np.negative,
-    "Identity": lambda x: x,
-}
-_BINARY = {
-    "Mul": np.multiply,
-    "Add": np.add,
-    "Sub": np.subtract,
-    "Div": np.divide,
-    "Max": np.maximum,
-    "Min": np.minimum,
-    "GreaterOrEqual": np.greater_equal,
-    "Greater": np.greater,
-    "LessOrEqual": np.less_equal,
-    "Less": np.less,
-}
-ELEMENTWISE = set(_UNARY) | set(_BINARY) | {"Clip", "Cast"}
-
-
-def _eval_node(n: Any, args: list[np.ndarray]) -> np.ndarray:
-    from onnx import helper
-
-    if n.op_type in _UNARY:
-        return _UNARY[n.op_type](args[0])
-    if n.op_type in _BINARY:
-        return _BINARY[n.op_type](args[0], args[1])
-    if n.op_type == "Clip":
-        x = args[0]
-        if len(args) > 1 and args[1] is not None:
-            x = np.maximum(x, args[1])
-        if len(args) > 2 and args[2] is not None:
-            x = np.minimum(x, args[2])
-        return x
-    to = next(a.i for a in n.attribute if a.name == "to")
-    return args[0].astype(helper.tensor_dtype_to_np_dtype(to))
-
-
-class _Graph:
-    def __init__(self, g: Any) -> None:
-        self.g = g
-        self.consts = _constant_values(g)
-        self.producer = {o: n for n in g.node for o in n.output}
-        self.consumers = _consumers(g)
-        self.outputs = {o.name for o in g.output}
-
-    def const(self, name: str) -> np.ndarray | None:
-        """The value of ``name`` when it is a constant, through Identity/Cast/Mul of constants."""
-        if name in self.consts:
-            return self.consts[name]
-        n = self.producer.get(name)
-        if n is None or n.op_type not in ("Cast", "Identity", "Mul"):
-            return None
-        args = [self.const(i) for i in n.input]
-        if any(a is None for a in args):
-            return None
-        self.consts[name] = _eval_node(n, args)
-        return self.consts[name]
-
-    def integer_weight(self, conv: Any) -> np.ndarray | None:
-        w = self.const(conv.input[1]) if len(conv.input) > 1 else None
-        if w is None or w.ndim != 4 or (len(conv.input) > 2 and conv.input[2]):
-            return None
-        if not np.array_equal(w, np.round(w)) or np.abs(w).max() > 127:
-            return None
-        return w.astype(np.int64)
-
-
-def _per_channel(c: np.ndarray, channels: int) -> bool:
-    """A constant that broadcasts over [N, C, H, W] as a scalar or one value per channel."""
-    return c.size == 1 or (c.size == channels and c.shape[-3:] == (channels, 1, 1)[-c.ndim:])
-
 
 def _region(G: _Graph, start: str, channels: int) -> tuple[list[Any], str] | None:
     """The elementwise nodes from ``start`` (a Conv output) to the one tensor they hand to
@@ -285,86 +211,6 @@ def _fit(w: np.ndarray, klo: int, khi: int, fn) -> dict[str, np.ndarray] | None:
         K[c], (B[c], M[c]) = sign * kmag, fit
     return {"weight": (w * K[:, None, None, None]).astype(np.int8), "bias": B.astype(np.int32),
             "scale": M, "lo": glo, "hi": ghi}
-
-
-_INTEGER_OUT = {"Round", "Floor", "Ceil", "GreaterOrEqual", "Greater"}
-_COMMUTATIVE = {"Add", "Mul", "Max", "Min"}
-_BIG = np.float32(3e38)
-
-
-def _nondecreasing(G: _Graph, n: Any) -> list[str] | None:
-    """The dynamic inputs of ``n`` when its output never decreases as they grow (the other
-    inputs constant; ``x * c`` and ``x / c`` for c > 0, ``x - c``, ``x >= c``), else None."""
-    dyn = [i for i in n.input if i and G.const(i) is None]
-    consts = [v for i in n.input if i and (v := G.const(i)) is not None]
-    op = n.op_type
-    if op in ("Relu", "Round", "Floor", "Ceil", "Identity", "Cast"):
-        return dyn
-    if op == "Clip":
-        return dyn if dyn == [n.input[0]] else None
-    if op in _COMMUTATIVE:
-        if op == "Mul":
-            return dyn if len(dyn) == 1 and all((v > 0).all() for v in consts) else None
-        return dyn
-    if op in ("Div", "Sub", "GreaterOrEqual", "Greater"):
-        if dyn != [n.input[0]]:
-            return None  # c / x, c - x, c >= x decrease
-        return dyn if op != "Div" or all((v > 0).all() for v in consts) else None
-    return None
-
-
-def _code_range(G: _Graph, name: str) -> tuple[int, int] | None:
-    """[lo, hi] of ``name`` when it is an integer-valued tensor computed by elementwise ops
-    that never decrease from a constant ``Clip`` or a comparison (``Round(Clip(x * (1/s)))``,
-    N2UQ's count of threshold comparisons) and its uint8 form, the codes shifted by
-    ``max(0, -lo)`` (the input zero point), lies in [0, 127] (values that the int8 kernels
-    multiply without saturating int16 pair sums); else None. The range is
-    the function at the extremes of its inputs: a Clip's bounds, else +-3e38."""
-
-    def value(t: str, need_int: bool) -> np.ndarray | None:
-        """[min, max] of t over all inputs, or None when t is not a function of that kind."""
-        n = G.producer.get(t)
-        c = G.const(t)
-        if c is not None:
-            return None if need_int and not np.array_equal(c, np.round(c)) else c
-        if n is None or n.op_type not in ELEMENTWISE:
-            return None if need_int else np.array([-_BIG, _BIG], np.float32)
-        dyn = _nondecreasing(G, n)
-        if dyn is None:
-            return None if need_int else np.array([-_BIG, _BIG], np.float32)
-        if n.op_type == "Clip" and len(n.input) == 3 and not need_int:
-            lo, hi = G.const(n.input[1]), G.const(n.input[2])
-            if lo is not None and hi is not None and lo.size == hi.size == 1:
-                return np.array([lo, hi], np.float32).reshape(2)
-        if n.op_type in _INTEGER_OUT:
-            need_int = False  # integer whatever its input
-        args = []
-        for i in n.input:
-            if not i:
-                args.append(None)
-                continue
-            v = value(i, need_int)
-            if v is None:
-                return None
-            args.append(v)
-        try:
-            out = np.asarray(_eval_node(n, args))
-        except ValueError:  # a constant that does not broadcast against the [lo, hi] pair
-            return None if need_int else np.array([-_BIG, _BIG], np.float32)
-        # per-channel constants spread the pair over the channels (last axis: lo, hi); the
-        # function is nondecreasing, so the extremes over channels bound it
-        flat = out.reshape(-1, 2)
-        return np.array([flat[:, 0].min(), flat[:, 1].max()], dtype=out.dtype)
-
-    with np.errstate(over="ignore", invalid="ignore"):  # the +-3e38 extremes may overflow to inf
-        v = value(name, True)
-    if v is None:
-        return None
-    v = np.asarray(v, np.float64).reshape(-1)
-    if v.size != 2 or not np.isfinite(v).all():
-        return None
-    lo, hi = int(v[0]), int(v[1])
-    return (lo, hi) if lo <= hi and hi - min(lo, 0) <= 127 else None
 
 
 def fuse_requantize(model: Any) -> list[str]:
