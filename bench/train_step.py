@@ -1,7 +1,7 @@
 """Time of one training step of ResNet-20 (or ``--model mobilenetv2``; batch 128,
 Fashion-MNIST size 1x28x28), float and W2A2 QAT, under every execution setting of ``train:`` (fp32/bf16, eager/compiled,
-channels_last; ``bf16-cl-qcompile``: only the quantizer modules compiled, its ratio to the
-eager bf16-cl float step), measured in one interleaved run at the machine's default thread count.
+channels_last; ``bf16-cl-qcompile``: ``compile: quantizers``, its ratio to the eager
+bf16-cl float step), measured in one interleaved run at the machine's default thread count.
 
 Each candidate is warmed up (compiled ones until their compile is done, whose time is
 printed), then the candidates take turns, one step each per round, and the median of the
@@ -33,18 +33,16 @@ SETTINGS = {
     "bf16": ex.TrainConfig(precision="bf16"),
     "bf16-cl": ex.TrainConfig(precision="bf16", channels_last=True),
     "bf16-cl-compile": ex.TrainConfig(precision="bf16", channels_last=True, compile=True),
-    # only the quantizer modules compiled (each on its own), convolutions and BatchNorms eager
-    "bf16-cl-qcompile": ex.TrainConfig(precision="bf16", channels_last=True),
+    # train.compile: quantizers -- each quantizer module compiled, convolutions and BatchNorms eager
+    "bf16-cl-qcompile": ex.TrainConfig(precision="bf16", channels_last=True, compile="quantizers"),
 }
+#: settings whose float model is the eager one (it has no quantizers to compile)
 QUANTIZERS_ONLY = {"bf16-cl-qcompile"}
 
 
-def make_step(model, tc: ex.TrainConfig, x, y, dev: torch.device, quantizers_only: bool = False):
+def make_step(model, tc: ex.TrainConfig, x, y, dev: torch.device):
     model = ex.to_memory_format(model.to(dev), tc)
     run = ex.maybe_compile(model, tc, fresh=False)  # every candidate stays compiled side by side
-    if quantizers_only:
-        for _, q in nuq.named_quantizers(model):
-            q.compile(fullgraph=True)
     x = ex.input_format(x, tc)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
@@ -91,7 +89,7 @@ def main() -> None:
         for name, mdl in models.items():
             if s in QUANTIZERS_ONLY and name == "float":
                 continue
-            fn = make_step(copy.deepcopy(mdl), SETTINGS[s], x, y, dev, quantizers_only=s in QUANTIZERS_ONLY)
+            fn = make_step(copy.deepcopy(mdl), SETTINGS[s], x, y, dev)
             t = time.perf_counter()
             for _ in range(3):
                 fn()

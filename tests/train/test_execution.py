@@ -17,7 +17,8 @@ from nuq.train.execution import TrainConfig, check_execution
     ({"precision": "fp8"}, "train.precision='fp8'; allowed: 'fp32', 'bf16', 'fp16'"),
     ({"precision": None}, "train.precision"),
     ({"channels_last": "false"}, "train.channels_last='false'; allowed: true or false"),
-    ({"compile": 1}, "train.compile=1; allowed: true or false"),
+    ({"compile": 1}, "train.compile=1; allowed: true (the whole model), 'quantizers'"),
+    ({"compile": "model"}, "train.compile='model'; allowed: true (the whole model), 'quantizers' (each quantizer"),
     ({"log_every": 0}, "train.log_every=0; allowed: a positive int"),
     ({"log_every": 2.5}, "train.log_every=2.5"),
 ])
@@ -82,6 +83,7 @@ def test_resumed_epoch_logs_the_statistics_of_all_its_batches(tmp_path, monkeypa
 @pytest.mark.parametrize("first, second", [
     ({}, {"precision": "bf16", "channels_last": True}),
     ({"precision": "bf16"}, {"compile": True}),
+    ({"compile": "quantizers"}, {}),
 ])
 def test_checkpoint_resumes_under_other_settings(tmp_path, monkeypatch, first, second):
     raw = mlp_cfg(tmp_path / "r", epochs=2, qat=QAT, ckpt_every_steps=7, train=first)
@@ -159,3 +161,40 @@ def test_each_compiled_run_is_compiled_past_dynamos_recompile_limit(monkeypatch)
         compiled_frames.append(counters["frames"]["ok"] - before)
     torch.compiler.reset()
     assert compiled_frames == [1, 1]  # the second model was compiled too, not run eagerly
+
+
+@pytest.mark.parametrize("method", ["lsq", "nulsq", "n2uq", "apot"])
+def test_compiled_quantizers_give_the_eager_models_numbers(method):
+    """compile: quantizers compiles every quantizer module in place (all of them: past
+    dynamo's recompile limit the later layers would silently stay eager), and the model
+    computes what the eager one does: the same outputs in training and eval, the same
+    gradients up to the order of the reductions."""
+    import copy
+
+    from torch._dynamo.utils import counters
+
+    import nuq
+    from nuq.train.execution import maybe_compile
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 1, 12, 12), torch.randint(0, 10, (16,))
+    net = nuq.create_model("resnet20", num_classes=10, in_channels=1, width=4)
+    weight = "n2uq_w" if method == "n2uq" else method
+    eager = nuq.prepare(net, nuq.QATConfig(weight=weight, act=method, w_bits=2, a_bits=2), calib=[x])
+    comp = maybe_compile(copy.deepcopy(eager), TrainConfig(compile="quantizers"))
+    assert all(q._compiled_call_impl is not None for _, q in nuq.named_quantizers(comp))
+    counters.clear()
+    outs = []
+    for m in (eager, comp):
+        m.train()
+        out = m(x)
+        torch.nn.functional.cross_entropy(out, y).backward()
+        m.eval()
+        with torch.no_grad():
+            outs.append((out.detach(), m(x), {n: p.grad for n, p in m.named_parameters()}))
+    torch.compiler.reset()
+    assert counters["frames"]["ok"] == counters["frames"]["total"] > 0
+    (t0, e0, g0), (t1, e1, g1) = outs
+    assert torch.equal(t0, t1) and torch.equal(e0, e1)
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=1e-6, msg=n)

@@ -18,6 +18,8 @@ from ..qconfig import QATConfig
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: train.compile: off, the whole model, or each quantizer module on its own
+COMPILE_MODES = (False, True, "quantizers")
 
 
 @dataclass(frozen=True)
@@ -26,13 +28,15 @@ class TrainConfig:
 
     precision: str = "fp32"
     channels_last: bool = False
-    compile: bool = False
+    compile: bool | str = False
     log_every: int = 50
 
     def __post_init__(self) -> None:
         check_choice(self.precision, PRECISIONS, "train.precision")
         check_type(self.channels_last, bool, "train.channels_last")
-        check_type(self.compile, bool, "train.compile")
+        if not (isinstance(self.compile, bool) or self.compile == "quantizers"):
+            raise ValueError(f"train.compile={self.compile!r}; allowed: true (the whole model), "
+                             "'quantizers' (each quantizer module on its own), false")
         check_type(self.log_every, int, "train.log_every", positive=True)
 
 

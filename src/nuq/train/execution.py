@@ -5,7 +5,9 @@
     train:
       precision: fp32        # fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler, CUDA only)
       channels_last: false   # NHWC activations and weights (faster convolutions on AMX/Tensor Cores)
-      compile: false         # torch.compile the model, quantizers included
+      compile: false         # true: torch.compile the model, quantizers included;
+                             # quantizers: compile each quantizer module alone (the same
+                             # step on CPU here, a fraction of the warm-up; see README Speed)
       log_every: 50          # steps between reads of the device-side loss sums (NaN guard, progress bar)
 
 These settings are not part of a run's identity: a checkpoint written under one resumes
@@ -23,7 +25,8 @@ import warnings
 import torch
 from torch import nn
 
-from ..runs.config import PRECISIONS, TrainConfig  # noqa: F401 (re-exported)
+from ..nn.walk import named_quantizers
+from ..runs.config import COMPILE_MODES, PRECISIONS, TrainConfig  # noqa: F401 (re-exported)
 
 _AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -41,7 +44,7 @@ def check_execution(cfg: TrainConfig, device: torch.device) -> None:
     if cfg.compile:
         reason = compile_unavailable(device)
         if reason:
-            raise ValueError(f"train.compile=true: {reason}; set train.compile: false")
+            raise ValueError(f"train.compile={str(cfg.compile).lower()}: {reason}; set train.compile: false")
 
 
 def native_bf16_cpu() -> bool:
@@ -88,7 +91,10 @@ def input_format(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
 
 
 def maybe_compile(model: nn.Module, cfg: TrainConfig, fresh: bool = True) -> nn.Module:
-    """``torch.compile(model)`` when asked (the module itself stays the one checkpointed).
+    """``torch.compile(model)`` when asked (the module itself stays the one checkpointed);
+    with ``compile: quantizers``, each quantizer module compiled in place instead
+    (``nn.Module.compile``: its forward and backward become generated kernels, everything
+    else stays eager, and the model is returned as it is).
 
     With ``fresh``, dynamo's caches of earlier models in this process are dropped first. The
     layer and quantizer forwards are shared code that dynamo guards on the quantizer's
@@ -99,4 +105,15 @@ def maybe_compile(model: nn.Module, cfg: TrainConfig, fresh: bool = True) -> nn.
         return model
     if fresh:
         torch.compiler.reset()
+    if cfg.compile == "quantizers":
+        quantizers = [q for _, q in named_quantizers(model)]
+        # every quantizer runs the same forward code, and dynamo keeps one cache per code
+        # object: each layer's shapes, weight or activation, training or eval is a variant of
+        # it. Past recompile_limit (8) the remaining layers would run eagerly, silently.
+        dyn = torch._dynamo.config
+        dyn.recompile_limit = max(dyn.recompile_limit, 4 * len(quantizers))
+        dyn.accumulated_recompile_limit = max(dyn.accumulated_recompile_limit, 8 * len(quantizers))
+        for q in quantizers:
+            q.compile()
+        return model
     return torch.compile(model)
