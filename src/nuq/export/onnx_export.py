@@ -310,8 +310,8 @@ def verification_batches(x: Tensor, seed: int = 0) -> list[Tensor]:
 
 def _rewrite(data: bytes, qlinear: bool, exact: bool) -> tuple[bytes, list[str]]:
     """The exported graph after the weight-Cast pass (:mod:`nuq.export.onnx_graph`), with
-    ``qlinear`` the QLinearConv pass (:mod:`nuq.export.onnx_requant`) and the folding of a
-    quantizer's division into its QuantizeLinear (:mod:`nuq.export.onnx_peephole`), without ``exact``
+    ``qlinear`` the QLinearConv pass (:mod:`nuq.export.onnx_requant`) and the exact rewrites
+    around its QuantizeLinear nodes (:mod:`nuq.export.onnx_peephole`), without ``exact``
     the folding pass (:mod:`nuq.export.onnx_fold`), and then the pass that stores float
     weights of few values as uint8 codes and a table; plus the names of the convolutions
     the QLinearConv pass rewrote."""
@@ -322,10 +322,10 @@ def _rewrite(data: bytes, qlinear: bool, exact: bool) -> tuple[bytes, list[str]]
     proto = onnx.load_from_string(data)
     changed = fold_weight_dequantize(proto) > 0
     fused = fuse_requantize(proto) if qlinear else []
-    divides = divide_into_quantize(proto) + clip_after_quantize(proto) if fused else 0
+    peepholes = divide_into_quantize(proto) + clip_after_quantize(proto) if fused else 0
     folded = 0 if exact else fold_affine(proto)
     tables = store_weight_tables(proto)  # last: the passes above read weights as constants
-    return (proto.SerializeToString() if changed or fused or divides or folded or tables else data), fused
+    return (proto.SerializeToString() if changed or fused or peepholes or folded or tables else data), fused
 
 
 def to_onnx(model: nn.Module, example_input: Tensor, path: str | Path, opset: int = OPSET,

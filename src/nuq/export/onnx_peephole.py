@@ -25,7 +25,18 @@ from typing import Any
 
 import numpy as np
 
-from .onnx_graph import _constant_values, _consumers, _drop_unused
+from .onnx_graph import _drop_unused
+from .onnx_numpy import _Graph
+
+
+def _positive_scale(v: np.ndarray | None) -> bool:
+    """A QuantizeLinear scale the rewrites handle: a finite positive float32 scalar."""
+    return v is not None and v.size == 1 and v.dtype == np.float32 and bool(np.isfinite(v).all()) and float(v) > 0
+
+
+def _read_by_one(G: _Graph, name: str) -> bool:
+    """``name`` feeds exactly one node and is no graph output (so its producer may go)."""
+    return name not in G.outputs and len(G.consumers.get(name, [])) == 1
 
 
 def divide_into_quantize(model: Any) -> int:
@@ -35,22 +46,19 @@ def divide_into_quantize(model: Any) -> int:
     from onnx import numpy_helper
 
     g = model.graph
-    consts = _constant_values(g)
-    producer = {o: n for n in g.node for o in n.output}
-    consumers = _consumers(g)
-    outputs = {o.name for o in g.output}
+    G = _Graph(g)
     drop, added = set(), []
     for q in g.node:
         if q.op_type != "QuantizeLinear" or len(q.input) < 2:
             continue
-        one = consts.get(q.input[1])
-        div = producer.get(q.input[0])
-        if one is None or one.size != 1 or one.dtype != np.float32 or float(one) != 1.0:
+        one = G.const(q.input[1])
+        div = G.producer.get(q.input[0])
+        if not _positive_scale(one) or float(one) != 1.0:
             continue
-        if div is None or div.op_type != "Div" or q.input[0] in outputs or len(consumers.get(q.input[0], [])) != 1:
+        if div is None or div.op_type != "Div" or not _read_by_one(G, q.input[0]):
             continue
-        s = consts.get(div.input[1])
-        if s is None or s.size != 1 or s.dtype != np.float32 or not (np.isfinite(s).all() and float(s) > 0):
+        s = G.const(div.input[1])
+        if not _positive_scale(s):
             continue
         name = q.output[0] + "__scale"
         added.append(numpy_helper.from_array(np.asarray(s, np.float32).reshape(()), name))
@@ -77,24 +85,19 @@ def clip_after_quantize(model: Any) -> int:
     from onnx import helper, numpy_helper
 
     g = model.graph
-    consts = _constant_values(g)
-    producer = {o: n for n in g.node for o in n.output}
-    consumers = _consumers(g)
-    outputs = {o.name for o in g.output}
+    G = _Graph(g)
     moved, added, after = set(), [], {}
     for q in g.node:
         if q.op_type != "QuantizeLinear" or len(q.input) < 3:
             continue
-        clip = producer.get(q.input[0])
-        scale, zp = consts.get(q.input[1]), consts.get(q.input[2])
-        if clip is None or clip.op_type != "Clip" or len(clip.input) != 3 or scale is None or zp is None:
+        clip = G.producer.get(q.input[0])
+        scale, zp = G.const(q.input[1]), G.const(q.input[2])
+        if clip is None or clip.op_type != "Clip" or len(clip.input) != 3 or zp is None:
             continue
-        if q.input[0] in outputs or len(consumers.get(q.input[0], [])) != 1:
+        if not _read_by_one(G, q.input[0]) or not _positive_scale(scale):
             continue
-        a, b = consts.get(clip.input[1]), consts.get(clip.input[2])
+        a, b = G.const(clip.input[1]), G.const(clip.input[2])
         if a is None or b is None or a.size != 1 or b.size != 1 or zp.dtype != np.uint8 or zp.size != 1:
-            continue
-        if scale.size != 1 or scale.dtype != np.float32 or not (np.isfinite(scale).all() and float(scale) > 0):
             continue
         if not (a <= b):
             continue
